@@ -1,0 +1,78 @@
+//! `lab up FILE`: build a lab and return once it is ready; it stays up until `lab down`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::plan::Plan;
+use crate::state::{LabDir, Status};
+use crate::topology::{self, validate};
+use crate::{agent, realise, ui};
+
+pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
+    let loaded = topology::load_file(file)?;
+    for warning in &loaded.warnings {
+        ui::warning(warning);
+    }
+    let name = name.unwrap_or(&loaded.topology.name);
+    validate::check_lab_name(name).map_err(|e| anyhow!(e))?;
+    super::require_root()?;
+
+    let started = Instant::now();
+    let plan = Plan::new(&loaded.topology, name);
+    let lab = LabDir::create(name)?;
+    // The record comes first: whatever happens next, `lab down` knows every name to remove.
+    let recorded = lab.write_plan(&plan).and_then(|()| lab.set_status(Status::Creating));
+    if let Err(e) = recorded {
+        let _ = lab.remove();
+        return Err(e);
+    }
+    realise::crash_point("recorded");
+
+    if let Err(error) = build(&lab, &plan) {
+        let cleanup = realise::teardown(&lab);
+        let error = error.context(format!("bringing up lab `{name}` failed"));
+        return Err(match cleanup {
+            Ok(_) => error.context("everything it had created was removed"),
+            Err(e) => error.context(format!("and removing what it had created failed too ({e:#}); run `lab down {name}`")),
+        });
+    }
+    lab.set_status(Status::Ready)?;
+
+    println!(
+        "lab {} is up: {} nodes, {} pods, {} externals, {} routing ({} ms)",
+        ui::bold(name),
+        plan.nodes.len(),
+        plan.pods.len(),
+        plan.externals.len(),
+        plan.routing_mode,
+        started.elapsed().as_millis()
+    );
+    if let Some(pod) = plan.pods.first() {
+        println!("  lab ls {name}                      what it is made of");
+        println!("  lab exec {name} {} -- ip addr    run a command in a pod", pod.name);
+    }
+    println!("  lab down {name}                    remove it");
+    Ok(())
+}
+
+fn build(lab: &LabDir, plan: &Plan) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let progress = ui::progress("up");
+    let built = runtime.block_on(async {
+        tokio::select! {
+            built = realise::build(plan, &progress) => built,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    });
+    progress.finish_and_clear();
+    drop(runtime);
+    built?;
+    realise::crash_point("built");
+    if plan.serves_ports() {
+        agent::spawn(lab).context("starting the built-in servers")?;
+    }
+    realise::crash_point("served");
+    Ok(())
+}

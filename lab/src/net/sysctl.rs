@@ -1,0 +1,22 @@
+//! Network sysctls of the calling thread's namespace (`/proc/sys/net` follows the thread that
+//! opens it). Call inside [`super::netns::run_in`].
+
+use std::io;
+
+/// Writes `net.ipv4.ip_forward`-style `key` to `value`.
+pub fn write(key: &str, value: &str) -> io::Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|e| io::Error::new(e.kind(), format!("setting {key}={value}: {e}")))
+}
+
+/// Turns IPv6 off for the namespace and for every interface created in it later, so captures are
+/// free of router solicitations, MLD reports and duplicate address detection.
+pub fn disable_ipv6() -> io::Result<()> {
+    write("net.ipv6.conf.default.disable_ipv6", "1")?;
+    write("net.ipv6.conf.all.disable_ipv6", "1")
+}
+
+/// Lets every user open ICMP datagram sockets, so `ping` and the lab's probes need no raw socket.
+pub fn allow_ping_sockets() -> io::Result<()> {
+    write("net.ipv4.ping_group_range", "0 2147483647")
+}

@@ -1,0 +1,460 @@
+//! From a checked topology to a plan: every namespace, interface, address, MAC and route the lab
+//! will create, derived only from the file (and the lab's name), so the same file always yields
+//! the same lab. The plan is also the lab's record on disk: `lab down`, `lab ls`, `lab exec` and
+//! the agent read it back, and never need the topology file again.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::topology::{Port, RoutingMode, Topology};
+
+/// Lab names end up in namespace and directory names; keep them short enough to read.
+pub const MAX_LAB_NAME: usize = 32;
+/// The VXLAN port Cilium uses.
+pub const VXLAN_PORT: u16 = 8472;
+/// Cilium gives pods the underlay MTU less the VXLAN overhead in tunnel mode.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// VXLAN network identifier of the lab's tunnel.
+pub const VXLAN_VNI: u32 = 2;
+
+/// Interface indexes are fixed, so flows and captures name the same interface on every run:
+/// `lo` is 1 in every namespace, the uplink (`eth0` of a node, pod or external) is 2, a node's
+/// tunnel device 3, the fabric's bridge 2, and ports on a node or the fabric count up from [`ifindex::FIRST_PORT`].
+pub mod ifindex {
+    pub const UPLINK: u32 = 2;
+    pub const VXLAN: u32 = 3;
+    pub const BRIDGE: u32 = 2;
+    pub const FIRST_PORT: u32 = 16;
+}
+pub const UPLINK_NAME: &str = "eth0";
+pub const VXLAN_NAME: &str = "lab_vxlan";
+
+/// Every network namespace of a lab is named `lab.<lab>.<kind>...`; no other name starts so.
+pub fn netns_prefix(lab: &str) -> String {
+    format!("lab.{lab}.")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub lab: String,
+    pub routing_mode: RoutingMode,
+    pub mtu: u32,
+    pub fabric: FabricPlan,
+    pub nodes: Vec<NodePlan>,
+    pub pods: Vec<PodPlan>,
+    pub externals: Vec<ExternalPlan>,
+}
+
+/// The underlay: one namespace with a bridge the nodes and externals plug into, routing between
+/// the node subnet, the external subnets and the pod CIDRs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricPlan {
+    pub netns: String,
+    pub bridge: String,
+    pub bridge_mac: Mac,
+    /// Addresses of the bridge: the nodes' gateway and one router address per external subnet.
+    pub addresses: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    pub name: String,
+    pub netns: String,
+    /// The node's uplink (`eth0`) address on the underlay.
+    pub ip: Ipv4Net,
+    pub uplink_mac: Mac,
+    /// The node's port on the fabric bridge.
+    pub fabric_port: String,
+    pub fabric_port_index: u32,
+    pub fabric_port_mac: Mac,
+    pub gateway: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    /// The node's address inside its pod CIDR (Cilium's router IP on `cilium_host`): pods' gateway.
+    pub router_ip: Ipv4Addr,
+    pub vxlan_mac: Mac,
+    pub sysctls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPlan {
+    pub namespace: String,
+    pub name: String,
+    /// Index into [`Plan::nodes`].
+    pub node: usize,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    /// The node side of the pod's veth (`lxc` + hash, as Cilium names it).
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: Mac,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub ports: Vec<Port>,
+}
+
+impl PodPlan {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalPlan {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Net,
+    pub mac: Mac,
+    pub gateway: Ipv4Addr,
+    pub fabric_port: String,
+    pub fabric_port_index: u32,
+    pub fabric_port_mac: Mac,
+    pub ports: Vec<Port>,
+}
+
+/// A MAC address, written `0a:58:0a:00:01:05`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A locally administered unicast MAC: two role bytes, then the IPv4 address it belongs to,
+    /// so a capture reads back which interface sent a frame.
+    pub fn for_ip(role: [u8; 2], ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([role[0], role[1], o[0], o[1], o[2], o[3]])
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl From<Mac> for String {
+    fn from(mac: Mac) -> String {
+        mac.to_string()
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let bytes: Vec<u8> = text
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).map_err(|_| format!("bad MAC `{text}`")))
+            .collect::<Result<_, _>>()?;
+        Ok(Mac(bytes.try_into().map_err(|_| format!("bad MAC `{text}`"))?))
+    }
+}
+
+/// MAC roles: the first two bytes of each kind of interface (0a = locally administered).
+mod role {
+    pub const POD: [u8; 2] = [0x0a, 0x58];
+    pub const POD_HOST_SIDE: [u8; 2] = [0x0a, 0x59];
+    pub const NODE_UPLINK: [u8; 2] = [0x0a, 0x5a];
+    pub const FABRIC_PORT: [u8; 2] = [0x0a, 0x5b];
+    pub const VXLAN: [u8; 2] = [0x0a, 0x5c];
+    pub const EXTERNAL: [u8; 2] = [0x0a, 0x5d];
+    pub const FABRIC_BRIDGE: [u8; 6] = [0x0a, 0x5e, 0, 0, 0, 1];
+}
+
+/// 64-bit FNV-1a: a stable hash, the same on every machine and Rust version.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Each node's pod CIDR: its own, or the next block of the pool that no node claimed.
+pub fn node_pod_cidrs(topology: &Topology) -> Result<Vec<Ipv4Net>, String> {
+    let cluster = &topology.cluster;
+    let claimed: Vec<Ipv4Net> = topology.nodes.iter().filter_map(|n| n.pod_cidr).collect();
+    let mut free = cluster
+        .pod_cidr
+        .subnets(cluster.pod_cidr_mask_size)
+        .map_err(|e| format!("cannot split `{}` into /{}: {e}", cluster.pod_cidr, cluster.pod_cidr_mask_size))?
+        .filter(|block| !claimed.iter().any(|c| crate::topology::validate::overlaps(c, block)));
+    topology
+        .nodes
+        .iter()
+        .map(|node| match node.pod_cidr {
+            Some(cidr) => Ok(cidr),
+            None => free.next().ok_or_else(|| {
+                format!("the pool `{}` has no /{} left for node `{}`", cluster.pod_cidr, cluster.pod_cidr_mask_size, node.name)
+            }),
+        })
+        .collect()
+}
+
+/// The node's router address: the first host of its pod CIDR.
+pub fn router_ip(pod_cidr: &Ipv4Net) -> Ipv4Addr {
+    pod_cidr.hosts().next().expect("a pod CIDR has hosts")
+}
+
+/// Addresses pods may take in a pod CIDR: every host but the router.
+pub fn pod_hosts(pod_cidr: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pod_cidr.hosts().skip(1)
+}
+
+pub fn pod_capacity(pod_cidr: &Ipv4Net) -> usize {
+    pod_hosts(pod_cidr).count()
+}
+
+/// The fabric's router address in an external's subnet: its last host.
+pub fn external_gateway(address: &Ipv4Net) -> Ipv4Addr {
+    address.trunc().hosts().last().expect("a /30 or larger has hosts")
+}
+
+/// Derives pods' addresses: fixed ones first, then each other pod gets the address its name
+/// hashes to, probing onwards on collision. Adding a pod leaves every other pod's address alone.
+fn pod_ips(topology: &Topology, cidrs: &[Ipv4Net], node_of: &[usize]) -> Vec<Ipv4Addr> {
+    let mut taken: Vec<std::collections::HashSet<Ipv4Addr>> = vec![Default::default(); cidrs.len()];
+    let mut ips: Vec<Option<Ipv4Addr>> = topology.pods.iter().map(|p| p.ip).collect();
+    for (pod, ip) in ips.iter().enumerate() {
+        if let Some(ip) = ip {
+            taken[node_of[pod]].insert(*ip);
+        }
+    }
+    let mut order: Vec<usize> = (0..topology.pods.len()).filter(|&i| ips[i].is_none()).collect();
+    order.sort_by(|&a, &b| {
+        let (pa, pb) = (&topology.pods[a], &topology.pods[b]);
+        (&pa.namespace, &pa.name).cmp(&(&pb.namespace, &pb.name))
+    });
+    for pod in order {
+        let node = node_of[pod];
+        let hosts: Vec<Ipv4Addr> = pod_hosts(&cidrs[node]).collect();
+        let p = &topology.pods[pod];
+        let start = (stable_hash(&format!("{}/{}", p.namespace, p.name)) % hosts.len() as u64) as usize;
+        let ip = (0..hosts.len())
+            .map(|k| hosts[(start + k) % hosts.len()])
+            .find(|ip| !taken[node].contains(ip))
+            .expect("validation checked the node has room");
+        taken[node].insert(ip);
+        ips[pod] = Some(ip);
+    }
+    ips.into_iter().map(|ip| ip.expect("every pod got an address")).collect()
+}
+
+impl Plan {
+    /// The plan for a topology that passed [`crate::topology::validate::check`].
+    pub fn new(topology: &Topology, lab: &str) -> Plan {
+        let cluster = &topology.cluster;
+        let prefix = netns_prefix(lab);
+        let cidrs = node_pod_cidrs(topology).expect("validated");
+        let mut node_ips = cluster.node_cidr.hosts();
+        let fabric_gateway = node_ips.next().expect("validated size");
+
+        let nodes: Vec<NodePlan> = topology
+            .nodes
+            .iter()
+            .zip(&cidrs)
+            .enumerate()
+            .map(|(i, (node, cidr))| {
+                let ip = node_ips.next().expect("validated size");
+                NodePlan {
+                    name: node.name.clone(),
+                    netns: format!("{prefix}node.{}", node.name),
+                    ip: Ipv4Net::new(ip, cluster.node_cidr.prefix_len()).expect("valid prefix"),
+                    uplink_mac: Mac::for_ip(role::NODE_UPLINK, ip),
+                    fabric_port: node.name.clone(),
+                    fabric_port_index: ifindex::FIRST_PORT + i as u32,
+                    fabric_port_mac: Mac::for_ip(role::FABRIC_PORT, ip),
+                    gateway: fabric_gateway,
+                    pod_cidr: *cidr,
+                    router_ip: router_ip(cidr),
+                    vxlan_mac: Mac::for_ip(role::VXLAN, ip),
+                    sysctls: node.sysctls.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
+                }
+            })
+            .collect();
+
+        let node_of: Vec<usize> = topology
+            .pods
+            .iter()
+            .map(|p| topology.nodes.iter().position(|n| n.name == p.node).expect("validated"))
+            .collect();
+        let ips = pod_ips(topology, &cidrs, &node_of);
+        let mut ports_on_node = vec![0u32; nodes.len()];
+        let pods = topology
+            .pods
+            .iter()
+            .zip(ips)
+            .zip(node_of)
+            .map(|((pod, ip), node)| PodPlan {
+                host_ifindex: {
+                    ports_on_node[node] += 1;
+                    ifindex::FIRST_PORT + ports_on_node[node] - 1
+                },
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                node,
+                netns: format!("{prefix}pod.{}.{}", pod.namespace, pod.name),
+                ip,
+                mac: Mac::for_ip(role::POD, ip),
+                host_ifname: format!("lxc{:012x}", stable_hash(&format!("{}/{}", pod.namespace, pod.name)) >> 16),
+                host_mac: Mac::for_ip(role::POD_HOST_SIDE, ip),
+                labels: pod.labels.clone(),
+                service_account: pod.service_account.clone(),
+                ports: pod.ports.clone(),
+            })
+            .collect();
+
+        let externals: Vec<ExternalPlan> = topology
+            .externals
+            .iter()
+            .enumerate()
+            .map(|(i, external)| {
+                let address = external.address.0;
+                ExternalPlan {
+                    name: external.name.clone(),
+                    netns: format!("{prefix}ext.{}", external.name),
+                    address,
+                    mac: Mac::for_ip(role::EXTERNAL, address.addr()),
+                    gateway: external_gateway(&address),
+                    fabric_port: external.name.clone(),
+                    fabric_port_index: ifindex::FIRST_PORT + (nodes.len() + i) as u32,
+                    fabric_port_mac: Mac::for_ip(role::FABRIC_PORT, address.addr()),
+                    ports: external.ports.clone(),
+                }
+            })
+            .collect();
+
+        let mut addresses = vec![Ipv4Net::new(fabric_gateway, cluster.node_cidr.prefix_len()).expect("valid prefix")];
+        for external in &externals {
+            let router = Ipv4Net::new(external.gateway, external.address.prefix_len()).expect("valid prefix");
+            if !addresses.contains(&router) {
+                addresses.push(router);
+            }
+        }
+
+        Plan {
+            lab: lab.to_string(),
+            routing_mode: cluster.routing_mode,
+            mtu: cluster.mtu,
+            fabric: FabricPlan {
+                netns: format!("{prefix}fabric"),
+                bridge: "br0".into(),
+                bridge_mac: Mac(role::FABRIC_BRIDGE),
+                addresses,
+            },
+            nodes,
+            pods,
+            externals,
+        }
+    }
+
+    /// The MTU of pod interfaces: the underlay's, less the tunnel overhead in tunnel mode.
+    pub fn pod_mtu(&self) -> u32 {
+        match self.routing_mode {
+            RoutingMode::Native => self.mtu,
+            RoutingMode::Tunnel => self.mtu - VXLAN_OVERHEAD,
+        }
+    }
+
+    /// Every network namespace of the lab, in the order they are created.
+    pub fn netns_names(&self) -> Vec<&str> {
+        std::iter::once(self.fabric.netns.as_str())
+            .chain(self.nodes.iter().map(|n| n.netns.as_str()))
+            .chain(self.pods.iter().map(|p| p.netns.as_str()))
+            .chain(self.externals.iter().map(|e| e.netns.as_str()))
+            .collect()
+    }
+
+    /// Does anything in this lab serve a port (and so need the agent)?
+    pub fn serves_ports(&self) -> bool {
+        self.pods.iter().any(|p| !p.ports.is_empty()) || self.externals.iter().any(|e| !e.ports.is_empty())
+    }
+
+    /// Finds a pod by `namespace/name`, or by name alone when only one pod has it.
+    pub fn find_pod(&self, target: &str) -> Result<&PodPlan, String> {
+        if let Some((ns, name)) = target.split_once('/') {
+            return self
+                .pods
+                .iter()
+                .find(|p| p.namespace == ns && p.name == name)
+                .ok_or_else(|| format!("no pod `{target}` in lab `{}`", self.lab));
+        }
+        let matches: Vec<&PodPlan> = self.pods.iter().filter(|p| p.name == target).collect();
+        match matches.as_slice() {
+            [pod] => Ok(pod),
+            [] => Err(format!("no pod `{target}` in lab `{}`", self.lab)),
+            many => Err(format!(
+                "`{target}` names {} pods ({}); say which as namespace/name",
+                many.len(),
+                many.iter().map(|p| p.id()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::load_str;
+    use std::path::Path;
+
+    fn plan(text: &str) -> Plan {
+        let loaded = load_str(Path::new("t.yaml"), text).unwrap();
+        Plan::new(&loaded.topology, "t")
+    }
+
+    const TWO_NODES: &str = "
+name: t
+nodes: [{name: a}, {name: b, podCIDR: 10.9.0.0/24}, {name: c}]
+pods:
+  - {name: web, node: a}
+  - {name: db, node: b, ip: 10.9.0.7}
+  - {name: cache, node: a}
+externals: [{name: inet, address: 203.0.113.10}]
+";
+
+    #[test]
+    fn addresses_are_deterministic_and_inside_their_node() {
+        let p = plan(TWO_NODES);
+        assert_eq!(p, plan(TWO_NODES));
+        assert_eq!(p.nodes[0].pod_cidr.to_string(), "10.0.0.0/24");
+        assert_eq!(p.nodes[1].pod_cidr.to_string(), "10.9.0.0/24");
+        assert_eq!(p.nodes[2].pod_cidr.to_string(), "10.0.1.0/24");
+        assert_eq!(p.nodes[0].ip.to_string(), "172.18.0.2/24");
+        assert_eq!(p.nodes[0].router_ip.to_string(), "10.0.0.1");
+        assert_eq!(p.pods[1].ip.to_string(), "10.9.0.7");
+        for pod in &p.pods {
+            assert!(p.nodes[pod.node].pod_cidr.contains(&pod.ip));
+            assert_ne!(pod.ip, p.nodes[pod.node].router_ip);
+            assert_eq!(pod.mac, Mac::for_ip([0x0a, 0x58], pod.ip));
+            assert!(pod.host_ifname.len() <= 15);
+        }
+        assert_eq!(p.externals[0].gateway.to_string(), "203.0.113.254");
+        assert_eq!(p.fabric.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["172.18.0.1/24", "203.0.113.254/24"]);
+    }
+
+    #[test]
+    fn adding_a_pod_moves_no_other_pod() {
+        let before = plan(TWO_NODES);
+        let after = plan(&TWO_NODES.replace("  - {name: cache, node: a}", "  - {name: cache, node: a}\n  - {name: zz, node: a}"));
+        for pod in &before.pods {
+            let same = after.pods.iter().find(|p| p.name == pod.name).unwrap();
+            assert_eq!(pod.ip, same.ip, "{}", pod.name);
+        }
+    }
+
+    #[test]
+    fn pods_are_found_by_short_or_full_name() {
+        let p = plan(TWO_NODES);
+        assert_eq!(p.find_pod("web").unwrap().name, "web");
+        assert_eq!(p.find_pod("default/db").unwrap().name, "db");
+        assert!(p.find_pod("nope").unwrap_err().contains("no pod"));
+    }
+
+    #[test]
+    fn the_plan_round_trips_through_json() {
+        let p = plan(TWO_NODES);
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Plan>(&text).unwrap(), p);
+    }
+}

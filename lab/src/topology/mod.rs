@@ -1,0 +1,269 @@
+//! The topology file, version 1: what a person writes to describe a lab.
+//!
+//! These types are the single source of truth for the file format: serde reads them (unknown
+//! fields are errors), schemars derives `docs/topology.schema.json` from them, and
+//! `docs/topology.md` documents them. Loading (with file:line:column errors) lives in [`load`],
+//! semantic checks in [`validate`].
+
+pub mod load;
+pub mod port;
+pub mod resources;
+pub mod source;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use load::{Diagnostic, Loaded, TopologyError, load_file, load_str};
+pub use port::{Port, Protocol};
+
+/// A lab: Kubernetes-like nodes, namespaces and pods on one host, plus hosts outside the cluster.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "lab topology (version 1)")]
+pub struct Topology {
+    /// The lab's name: a DNS label. Every kernel object the lab creates carries it, so labs with
+    /// different names run side by side. `lab up --name` overrides it.
+    pub name: String,
+    /// Cluster-wide settings; every field has a default.
+    #[serde(default)]
+    pub cluster: Cluster,
+    /// Kubernetes nodes. Each is a network namespace with an uplink to the fabric.
+    pub nodes: Vec<Node>,
+    /// Kubernetes namespaces and their labels. `default` exists without being declared.
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    /// Pods. Each is a network namespace whose `eth0` is a veth to its node.
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+    /// Hosts outside the cluster, on the fabric, with documentation-range addresses.
+    #[serde(default)]
+    pub externals: Vec<External>,
+    /// Kubernetes objects (policies, services, ...): files relative to the topology file, inline
+    /// multi-document YAML, or objects written in place.
+    #[serde(default)]
+    pub resources: Vec<ResourceEntry>,
+}
+
+/// Cluster-wide settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cluster {
+    /// The pod CIDR pool nodes' pod CIDRs are allocated from, in node order (Cilium's
+    /// `clusterPoolIPv4PodCIDRList`).
+    #[serde(default = "Cluster::default_pod_cidr", rename = "podCIDR")]
+    #[schemars(with = "String")]
+    pub pod_cidr: Ipv4Net,
+    /// The prefix length of each node's pod CIDR (Cilium's `clusterPoolIPv4MaskSize`).
+    #[serde(default = "Cluster::default_pod_cidr_mask_size", rename = "podCIDRMaskSize")]
+    pub pod_cidr_mask_size: u8,
+    /// The underlay subnet the nodes share on the fabric; nodes get addresses from .2 upwards in
+    /// node order, the fabric router has .1.
+    #[serde(default = "Cluster::default_node_cidr", rename = "nodeCIDR")]
+    #[schemars(with = "String")]
+    pub node_cidr: Ipv4Net,
+    /// How pods on different nodes reach each other.
+    #[serde(default)]
+    pub routing_mode: RoutingMode,
+    /// MTU of the underlay. In tunnel mode pods get 50 bytes less, as Cilium gives them.
+    #[serde(default = "Cluster::default_mtu")]
+    pub mtu: u32,
+}
+
+impl Cluster {
+    fn default_pod_cidr() -> Ipv4Net {
+        "10.0.0.0/8".parse().expect("valid default")
+    }
+    fn default_pod_cidr_mask_size() -> u8 {
+        24
+    }
+    fn default_node_cidr() -> Ipv4Net {
+        "172.18.0.0/24".parse().expect("valid default")
+    }
+    fn default_mtu() -> u32 {
+        1500
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            pod_cidr: Self::default_pod_cidr(),
+            pod_cidr_mask_size: Self::default_pod_cidr_mask_size(),
+            node_cidr: Self::default_node_cidr(),
+            routing_mode: RoutingMode::default(),
+            mtu: Self::default_mtu(),
+        }
+    }
+}
+
+/// Cilium's `routingMode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// Nodes route each other's pod CIDRs over the underlay.
+    #[default]
+    Native,
+    /// Pod traffic between nodes is encapsulated in VXLAN (UDP 8472).
+    Tunnel,
+}
+
+impl fmt::Display for RoutingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RoutingMode::Native => "native",
+            RoutingMode::Tunnel => "tunnel",
+        })
+    }
+}
+
+/// A Kubernetes node.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Node {
+    /// A DNS label of at most 15 characters: it also names the node's port on the fabric.
+    pub name: String,
+    /// This node's pod CIDR; by default the next free block of the cluster pool.
+    #[serde(default, rename = "podCIDR")]
+    #[schemars(with = "Option<String>")]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// `net.*` sysctls set inside this node's namespace only, e.g. `net.ipv4.conf.all.rp_filter: 1`.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, Scalar>,
+}
+
+/// A Kubernetes namespace.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Namespace {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A pod.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pod {
+    pub name: String,
+    #[serde(default = "Pod::default_namespace")]
+    pub namespace: String,
+    /// The node the pod runs on.
+    pub node: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default = "Pod::default_service_account")]
+    pub service_account: String,
+    /// Ports the pod serves: `tcp/80`, `udp/53`, or `{name: http, port: 8080, protocol: TCP}`.
+    /// The lab's built-in server answers on each (TCP and UDP echo).
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// A fixed address inside the node's pod CIDR; by default one is derived from the pod's name.
+    /// Two pods may be given the same address on purpose, to reproduce address bugs.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub ip: Option<Ipv4Addr>,
+}
+
+impl Pod {
+    fn default_namespace() -> String {
+        "default".to_string()
+    }
+    fn default_service_account() -> String {
+        "default".to_string()
+    }
+}
+
+/// A host outside the cluster.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct External {
+    /// A DNS label of at most 15 characters: it also names the host's port on the fabric.
+    pub name: String,
+    /// An address from 192.0.2.0/24, 198.51.100.0/24 or 203.0.113.0/24, with an optional prefix
+    /// length (default /24). The fabric routes for it from the last host address of its subnet.
+    #[schemars(with = "String")]
+    pub address: ExternalAddress,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+}
+
+/// An external's address: `203.0.113.10` or `203.0.113.10/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct ExternalAddress(pub Ipv4Net);
+
+impl<'de> Deserialize<'de> for ExternalAddress {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let net = if text.contains('/') {
+            text.parse::<Ipv4Net>().map_err(serde::de::Error::custom)?
+        } else {
+            let ip: Ipv4Addr = text.parse().map_err(serde::de::Error::custom)?;
+            Ipv4Net::new(ip, 24).expect("24 is a valid prefix length")
+        };
+        Ok(ExternalAddress(net))
+    }
+}
+
+impl From<ExternalAddress> for String {
+    fn from(address: ExternalAddress) -> String {
+        address.0.to_string()
+    }
+}
+
+/// One entry of `resources:`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ResourceEntry {
+    /// `file: path/relative/to/topology.yaml`, one or more YAML documents.
+    File {
+        file: String,
+    },
+    /// `inline: |` followed by one or more YAML documents separated by `---`.
+    Inline {
+        inline: String,
+    },
+    /// A Kubernetes object written in place (or a `kind: List`).
+    Object(#[schemars(with = "KubernetesObjectSchema")] serde_yaml::Value),
+}
+
+/// What the schema says of an object written in place.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+struct KubernetesObjectSchema {
+    api_version: String,
+    kind: String,
+    #[serde(flatten)]
+    rest: BTreeMap<String, serde_json::Value>,
+}
+
+/// A YAML scalar that reads as a string whether it was written as `1`, `true` or `"loose"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Scalar(#[schemars(with = "serde_json::Value")] pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(deserializer)? {
+            serde_yaml::Value::String(s) => Ok(Scalar(s)),
+            serde_yaml::Value::Number(n) => Ok(Scalar(n.to_string())),
+            serde_yaml::Value::Bool(b) => Ok(Scalar(if b { "1" } else { "0" }.to_string())),
+            _ => Err(serde::de::Error::custom("expected a string, number or boolean")),
+        }
+    }
+}
+
+/// The JSON Schema of the topology file, as committed in `docs/topology.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Topology);
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema serialises");
+    text.push('\n');
+    text
+}

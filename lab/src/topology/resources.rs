@@ -1,0 +1,224 @@
+//! Kubernetes objects named by a topology's `resources:`, loaded and checked: a known apiVersion
+//! and kind, a name, and no two objects of one kind with the same namespace and name. Later
+//! stages (policy, services) give them meaning.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::ResourceEntry;
+use super::load::Diagnostic;
+use super::source::{Location, SourceMap};
+
+/// The kinds the lab understands, and whether each lives in a namespace.
+const KINDS: &[(&str, &str, bool)] = &[
+    ("cilium.io/v2", "CiliumNetworkPolicy", true),
+    ("cilium.io/v2", "CiliumClusterwideNetworkPolicy", false),
+    ("networking.k8s.io/v1", "NetworkPolicy", true),
+    ("v1", "Service", true),
+    ("discovery.k8s.io/v1", "EndpointSlice", true),
+];
+
+/// One Kubernetes object and where it was written.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub api_version: String,
+    pub kind: String,
+    /// `None` for cluster-scoped kinds; `default` when a namespaced object names none.
+    pub namespace: Option<String>,
+    pub name: String,
+    pub file: PathBuf,
+    pub location: Option<Location>,
+    pub object: Value,
+}
+
+impl Resource {
+    /// `kind namespace/name`, as kubectl would name it.
+    pub fn display_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// One YAML document with the map of where its values stand.
+struct Document {
+    file: PathBuf,
+    map: SourceMap,
+    /// The path of the document inside its map (`resources[2]` for an object written in place).
+    root: String,
+    value: Value,
+}
+
+impl Document {
+    fn field(&self, field: &str) -> String {
+        match (self.root.is_empty(), field.is_empty()) {
+            (true, _) => field.to_string(),
+            (false, true) => self.root.clone(),
+            (false, false) => format!("{}.{field}", self.root),
+        }
+    }
+
+    fn error(&self, field: &str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(&self.file, &self.map, &self.field(field), message)
+    }
+}
+
+/// Loads every entry of `resources:`. `topology_text` and `map` are the topology file's own, for
+/// objects written in it.
+pub fn load(
+    topology_file: &Path,
+    topology_text: &str,
+    map: &SourceMap,
+    base: &Path,
+    entries: &[ResourceEntry],
+) -> Result<Vec<Resource>, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let mut documents = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let field = format!("resources[{i}]");
+        match entry {
+            ResourceEntry::File { file } => {
+                let path = base.join(file);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => parse_documents(&path, &text, SourceMap::documents(&text), (0, 0), &mut documents, &mut errors),
+                    Err(e) => errors.push(Diagnostic::new(
+                        topology_file,
+                        map,
+                        &format!("{field}.file"),
+                        format!("cannot read `{}`: {e}", path.display()),
+                    )),
+                }
+            }
+            ResourceEntry::Inline { inline } => {
+                let (lines, columns) = block_scalar_offset(topology_text, map.locate(&format!("{field}.inline")));
+                let maps = SourceMap::documents(inline).into_iter().map(|m| m.shifted(lines, columns)).collect();
+                parse_documents(topology_file, inline, maps, (lines, columns), &mut documents, &mut errors);
+            }
+            ResourceEntry::Object(value) => documents.push(Document {
+                file: topology_file.to_path_buf(),
+                map: map.clone(),
+                root: field,
+                value: value.clone(),
+            }),
+        }
+    }
+
+    let mut resources = Vec::new();
+    for document in &documents {
+        collect(document, &document.value, "", &mut resources, &mut errors);
+    }
+
+    let mut seen: HashMap<(String, Option<String>, String), Location> = HashMap::new();
+    for resource in &resources {
+        let key = (resource.kind.clone(), resource.namespace.clone(), resource.name.clone());
+        if let Some(first) = seen.get(&key) {
+            errors.push(Diagnostic {
+                file: resource.file.clone(),
+                location: resource.location,
+                field: "metadata.name".into(),
+                message: format!("{} is defined twice (first at line {})", resource.display_name(), first.line),
+            });
+        } else if let Some(location) = resource.location {
+            seen.insert(key, location);
+        }
+    }
+
+    if errors.is_empty() { Ok(resources) } else { Err(errors) }
+}
+
+/// Where the text of a `|` block scalar starts, relative to the `|`: the next line, indented.
+fn block_scalar_offset(text: &str, indicator: Option<Location>) -> (usize, usize) {
+    let Some(indicator) = indicator else { return (0, 0) };
+    let indent = text
+        .lines()
+        .skip(indicator.line)
+        .find(|line| !line.trim().is_empty())
+        .map(|line| line.len() - line.trim_start().len())
+        .unwrap_or(0);
+    (indicator.line, indent)
+}
+
+fn parse_documents(
+    file: &Path,
+    text: &str,
+    maps: Vec<SourceMap>,
+    offset: (usize, usize),
+    documents: &mut Vec<Document>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut maps = maps.into_iter();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let map = maps.next().unwrap_or_default();
+        match Value::deserialize(document) {
+            Ok(Value::Null) => {}
+            Ok(value) => documents.push(Document { file: file.to_path_buf(), map, root: String::new(), value }),
+            Err(e) => {
+                errors.push(Diagnostic::from_yaml(file, &e, offset));
+                return;
+            }
+        }
+    }
+}
+
+fn collect(document: &Document, value: &Value, path: &str, out: &mut Vec<Resource>, errors: &mut Vec<Diagnostic>) {
+    let join = |field: &str| if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+    let Some(object) = value.as_mapping() else {
+        errors.push(document.error(path, "expected a Kubernetes object (a mapping with apiVersion and kind)"));
+        return;
+    };
+    let text = |key: &str| object.get(key).and_then(Value::as_str);
+    let (Some(api_version), Some(kind)) = (text("apiVersion"), text("kind")) else {
+        errors.push(document.error(path, "a Kubernetes object needs `apiVersion` and `kind`"));
+        return;
+    };
+
+    if kind == "List" || kind.ends_with("List") && api_version == "v1" {
+        match object.get("items").and_then(Value::as_sequence) {
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    collect(document, item, &join(&format!("items[{i}]")), out, errors);
+                }
+            }
+            None => errors.push(document.error(&join("items"), "a List needs `items`")),
+        }
+        return;
+    }
+
+    let Some(&(_, _, namespaced)) = KINDS.iter().find(|(v, k, _)| *v == api_version && *k == kind) else {
+        let known: Vec<String> = KINDS.iter().map(|(v, k, _)| format!("{v} {k}")).collect();
+        let field = if KINDS.iter().any(|(_, k, _)| *k == kind) { "apiVersion" } else { "kind" };
+        errors.push(document.error(
+            &join(field),
+            format!("unknown object `{api_version} {kind}`; the lab knows {}", known.join(", ")),
+        ));
+        return;
+    };
+
+    let metadata = object.get("metadata");
+    let field_of = |key: &str| metadata.and_then(|m| m.get(key)).and_then(Value::as_str);
+    let Some(name) = field_of("name").filter(|n| !n.is_empty()) else {
+        errors.push(document.error(&join("metadata"), format!("{kind} needs `metadata.name`")));
+        return;
+    };
+    let namespace = match (namespaced, field_of("namespace")) {
+        (true, ns) => Some(ns.unwrap_or("default").to_string()),
+        (false, Some(_)) => {
+            errors.push(document.error(&join("metadata.namespace"), format!("{kind} is cluster-scoped and takes no namespace")));
+            return;
+        }
+        (false, None) => None,
+    };
+    out.push(Resource {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        namespace,
+        name: name.to_string(),
+        file: document.file.clone(),
+        location: document.map.locate(&document.field(&join("metadata.name"))),
+        object: value.clone(),
+    });
+}
