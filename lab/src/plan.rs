@@ -196,13 +196,20 @@ pub fn router_ip(pod_cidr: &Ipv4Net) -> Ipv4Addr {
     pod_cidr.hosts().next().expect("a pod CIDR has hosts")
 }
 
-/// Addresses pods may take in a pod CIDR: every host but the router.
-pub fn pod_hosts(pod_cidr: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    pod_cidr.hosts().skip(1)
+/// How many addresses pods may take in a pod CIDR: every host but the router.
+pub fn pod_capacity(pod_cidr: &Ipv4Net) -> usize {
+    (1usize << (32 - pod_cidr.prefix_len())).saturating_sub(3)
 }
 
-pub fn pod_capacity(pod_cidr: &Ipv4Net) -> usize {
-    pod_hosts(pod_cidr).count()
+/// The `k`-th address pods may take (0-based): after the network address and the router.
+pub fn pod_host(pod_cidr: &Ipv4Net, k: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(pod_cidr.network()) + 2 + k as u32)
+}
+
+/// Whether pods may take `ip` in `pod_cidr`.
+pub fn is_pod_host(pod_cidr: &Ipv4Net, ip: Ipv4Addr) -> bool {
+    let offset = u32::from(ip).wrapping_sub(u32::from(pod_cidr.network()));
+    pod_cidr.contains(&ip) && offset >= 2 && (offset as usize) < 2 + pod_capacity(pod_cidr)
 }
 
 /// The fabric's router address in an external's subnet: its last host.
@@ -210,8 +217,9 @@ pub fn external_gateway(address: &Ipv4Net) -> Ipv4Addr {
     address.trunc().hosts().last().expect("a /30 or larger has hosts")
 }
 
-/// Derives pods' addresses: fixed ones first, then each other pod gets the address its name
-/// hashes to, probing onwards on collision. Adding a pod leaves every other pod's address alone.
+/// Derives pods' addresses: fixed ones first, then each other pod, in namespace/name order, gets
+/// the address its name hashes to, probing onwards on collision. So adding a pod moves no other
+/// pod, unless the new pod sorts before one it collides with and takes that pod's address first.
 fn pod_ips(topology: &Topology, cidrs: &[Ipv4Net], node_of: &[usize]) -> Vec<Ipv4Addr> {
     let mut taken: Vec<std::collections::HashSet<Ipv4Addr>> = vec![Default::default(); cidrs.len()];
     let mut ips: Vec<Option<Ipv4Addr>> = topology.pods.iter().map(|p| p.ip).collect();
@@ -227,11 +235,11 @@ fn pod_ips(topology: &Topology, cidrs: &[Ipv4Net], node_of: &[usize]) -> Vec<Ipv
     });
     for pod in order {
         let node = node_of[pod];
-        let hosts: Vec<Ipv4Addr> = pod_hosts(&cidrs[node]).collect();
+        let capacity = pod_capacity(&cidrs[node]);
         let p = &topology.pods[pod];
-        let start = (stable_hash(&format!("{}/{}", p.namespace, p.name)) % hosts.len() as u64) as usize;
-        let ip = (0..hosts.len())
-            .map(|k| hosts[(start + k) % hosts.len()])
+        let start = (stable_hash(&format!("{}/{}", p.namespace, p.name)) % capacity as u64) as usize;
+        let ip = (0..capacity)
+            .map(|k| pod_host(&cidrs[node], (start + k) % capacity))
             .find(|ip| !taken[node].contains(ip))
             .expect("validation checked the node has room");
         taken[node].insert(ip);

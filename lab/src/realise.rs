@@ -6,11 +6,11 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, TryFutureExt, TryStreamExt, stream};
 use indicatif::ProgressBar;
 use ipnet::Ipv4Net;
 
-use crate::net::netlink::{LOOPBACK, Netlink, Route, VethEnd};
+use crate::net::netlink::{LOOPBACK, Netlink, Route, VethEnd, Vxlan};
 use crate::net::{netns, sysctl};
 use crate::plan::{self, ExternalPlan, NodePlan, Plan, PodPlan, UPLINK_NAME, VXLAN_NAME, ifindex};
 use crate::state::LabDir;
@@ -59,15 +59,17 @@ pub async fn build(plan: &Plan, progress: &ProgressBar) -> Result<()> {
     .await?;
 
     progress.set_message("pods");
-    stream::iter(&plan.pods)
-        .map(|pod| async {
-            build_pod(plan, pod, &node_links[pod.node], ns(&pod.netns)).await?;
-            progress.inc(1);
-            Ok::<_, anyhow::Error>(())
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<()>()
-        .await?;
+    // Pods given one address on purpose (an IPAM bug reproduced) are built last and in file
+    // order, so the node's route to that address deterministically names the last of them.
+    let shares_address = |pod: &PodPlan| plan.pods.iter().filter(|p| p.node == pod.node && p.ip == pod.ip).count() > 1;
+    let (shared, unique): (Vec<&PodPlan>, Vec<&PodPlan>) = plan.pods.iter().partition(|p| shares_address(p));
+    for (pods, in_flight) in [(unique, IN_FLIGHT), (shared, 1)] {
+        stream::iter(pods)
+            .map(|pod| build_pod(plan, pod, &node_links[pod.node], ns(&pod.netns)).inspect_ok(|()| progress.inc(1)))
+            .buffer_unordered(in_flight)
+            .try_collect::<()>()
+            .await?;
+    }
     crash_point("pods");
 
     progress.set_message("externals");
@@ -147,8 +149,17 @@ async fn build_node(plan: &Plan, node: &NodePlan, fabric: &Netlink, netns_file: 
 async fn build_tunnel(plan: &Plan, node: &NodePlan, link: &Netlink) -> Result<()> {
     let tunnel = ifindex::VXLAN;
     let mtu = plan.mtu - plan::VXLAN_OVERHEAD;
-    link.add_vxlan(VXLAN_NAME, tunnel, plan::VXLAN_VNI, ifindex::UPLINK, node.ip.addr(), plan::VXLAN_PORT, node.vxlan_mac, mtu)
-        .await?;
+    link.add_vxlan(Vxlan {
+        name: VXLAN_NAME,
+        index: tunnel,
+        vni: plan::VXLAN_VNI,
+        uplink: ifindex::UPLINK,
+        local: node.ip.addr(),
+        port: plan::VXLAN_PORT,
+        mac: node.vxlan_mac,
+        mtu,
+    })
+    .await?;
     for peer in plan.nodes.iter().filter(|peer| peer.name != node.name) {
         link.add_vxlan_peer(tunnel, peer.vxlan_mac, peer.ip.addr()).await?;
         link.add_neighbour(tunnel, peer.router_ip, peer.vxlan_mac).await?;

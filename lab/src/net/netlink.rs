@@ -34,6 +34,18 @@ pub struct VethEnd<'a> {
     pub mtu: u32,
 }
 
+/// A VXLAN device to be created, sending from `local` over the interface `uplink`.
+pub struct Vxlan<'a> {
+    pub name: &'a str,
+    pub index: u32,
+    pub vni: u32,
+    pub uplink: u32,
+    pub local: Ipv4Addr,
+    pub port: u16,
+    pub mac: Mac,
+    pub mtu: u32,
+}
+
 /// A route to `destination`, through `gateway` (on-link: reachable whatever the interface's
 /// addresses) or directly on the link.
 pub struct Route {
@@ -111,18 +123,18 @@ impl Netlink {
 
     /// Creates a VXLAN device on `uplink` with static forwarding only (no learning, no
     /// multicast): remote endpoints are added with [`Netlink::add_vxlan_peer`].
-    pub async fn add_vxlan(&self, name: &str, index: u32, vni: u32, uplink: u32, local: Ipv4Addr, port: u16, mac: Mac, mtu: u32) -> Result<()> {
-        let message = LinkVxlan::new(name, vni)
-            .dev(uplink)
-            .local(local)
-            .port(port)
+    pub async fn add_vxlan(&self, device: Vxlan<'_>) -> Result<()> {
+        let message = LinkVxlan::new(device.name, device.vni)
+            .dev(device.uplink)
+            .local(device.local)
+            .port(device.port)
             .learning(false)
-            .index(index)
-            .address(mac.0.to_vec())
-            .mtu(mtu)
+            .index(device.index)
+            .address(device.mac.0.to_vec())
+            .mtu(device.mtu)
             .up()
             .build();
-        self.handle.link().add(message).execute().await.with_context(|| format!("creating vxlan device {name}"))
+        self.handle.link().add(message).execute().await.with_context(|| format!("creating vxlan device {}", device.name))
     }
 
     /// Sends frames for `mac` on the VXLAN device `index` to the endpoint `remote`.

@@ -124,7 +124,9 @@ pub fn load_str(file: &Path, text: &str) -> Result<Loaded, TopologyError> {
     }
 
     let base = file.parent().unwrap_or(Path::new("."));
-    let resources = match resources::load(file, text, &map, base, &topology.resources) {
+    let namespaces: Vec<&str> =
+        topology.namespaces.iter().map(|n| n.name.as_str()).chain(std::iter::once("default")).collect();
+    let resources = match resources::load(file, &map, &namespaces, base, &topology.resources) {
         Ok(resources) => resources,
         Err(mut diagnostics) => {
             errors.append(&mut diagnostics);

@@ -221,16 +221,24 @@ impl From<ExternalAddress> for String {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ResourceEntry {
-    /// `file: path/relative/to/topology.yaml`, one or more YAML documents.
-    File {
-        file: String,
-    },
-    /// `inline: |` followed by one or more YAML documents separated by `---`.
-    Inline {
-        inline: String,
-    },
+    File(FileResources),
+    Inline(InlineResources),
     /// A Kubernetes object written in place (or a `kind: List`).
     Object(#[schemars(with = "KubernetesObjectSchema")] serde_yaml::Value),
+}
+
+/// `file: path/relative/to/topology.yaml`, one or more YAML documents.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileResources {
+    pub file: String,
+}
+
+/// `inline: |` followed by one or more YAML documents separated by `---`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InlineResources {
+    pub inline: String,
 }
 
 /// What the schema says of an object written in place.

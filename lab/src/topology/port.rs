@@ -124,14 +124,21 @@ impl<'de> Deserialize<'de> for Port {
 #[serde(untagged)]
 #[allow(dead_code)]
 enum PortSchema {
-    /// `tcp/80`, `udp/53`.
-    Short(#[schemars(regex(pattern = r"^(?i)(tcp|udp)/[0-9]{1,5}$"))] String),
-    Long {
-        name: Option<String>,
-        #[schemars(range(min = 1, max = 65535))]
-        port: u16,
-        protocol: Option<Protocol>,
-    },
+    /// `tcp/80`, `udp/53`, `80/tcp` (any case).
+    Short(#[schemars(regex(pattern = r"^([Tt][Cc][Pp]|[Uu][Dd][Pp])/[0-9]{1,5}$|^[0-9]{1,5}/([Tt][Cc][Pp]|[Uu][Dd][Pp])$"))] String),
+    Long(LongPortSchema),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LongPortSchema {
+    name: Option<String>,
+    #[schemars(range(min = 1, max = 65535))]
+    port: u16,
+    /// TCP or UDP, in any case; TCP by default.
+    #[schemars(regex(pattern = r"^([Tt][Cc][Pp]|[Uu][Dd][Pp])$"))]
+    protocol: Option<String>,
 }
 
 #[cfg(test)]

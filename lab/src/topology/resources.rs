@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use super::ResourceEntry;
+use super::{FileResources, InlineResources, ResourceEntry};
 use super::load::Diagnostic;
 use super::source::{Location, SourceMap};
 
@@ -67,12 +67,12 @@ impl Document {
     }
 }
 
-/// Loads every entry of `resources:`. `topology_text` and `map` are the topology file's own, for
-/// objects written in it.
+/// Loads every entry of `resources:`. `map` is the topology file's own, for objects written in it;
+/// `namespaces` are the ones objects may live in.
 pub fn load(
     topology_file: &Path,
-    topology_text: &str,
     map: &SourceMap,
+    namespaces: &[&str],
     base: &Path,
     entries: &[ResourceEntry],
 ) -> Result<Vec<Resource>, Vec<Diagnostic>> {
@@ -81,7 +81,7 @@ pub fn load(
     for (i, entry) in entries.iter().enumerate() {
         let field = format!("resources[{i}]");
         match entry {
-            ResourceEntry::File { file } => {
+            ResourceEntry::File(FileResources { file }) => {
                 let path = base.join(file);
                 match std::fs::read_to_string(&path) {
                     Ok(text) => parse_documents(&path, &text, SourceMap::documents(&text), (0, 0), &mut documents, &mut errors),
@@ -93,8 +93,8 @@ pub fn load(
                     )),
                 }
             }
-            ResourceEntry::Inline { inline } => {
-                let (lines, columns) = block_scalar_offset(topology_text, map.locate(&format!("{field}.inline")));
+            ResourceEntry::Inline(InlineResources { inline }) => {
+                let (lines, columns) = block_scalar_offset(map.locate(&format!("{field}.inline")));
                 let maps = SourceMap::documents(inline).into_iter().map(|m| m.shifted(lines, columns)).collect();
                 parse_documents(topology_file, inline, maps, (lines, columns), &mut documents, &mut errors);
             }
@@ -112,34 +112,40 @@ pub fn load(
         collect(document, &document.value, "", &mut resources, &mut errors);
     }
 
-    let mut seen: HashMap<(String, Option<String>, String), Location> = HashMap::new();
+    let mut seen: HashMap<(String, Option<String>, String), (&Path, Option<Location>)> = HashMap::new();
     for resource in &resources {
         let key = (resource.kind.clone(), resource.namespace.clone(), resource.name.clone());
-        if let Some(first) = seen.get(&key) {
+        if let Some((file, location)) = seen.get(&key) {
+            let line = location.map_or(String::new(), |l| l.line.to_string());
+            let first = if *file == resource.file { format!("line {line}") } else { format!("{}:{line}", file.display()) };
             errors.push(Diagnostic {
                 file: resource.file.clone(),
                 location: resource.location,
                 field: "metadata.name".into(),
-                message: format!("{} is defined twice (first at line {})", resource.display_name(), first.line),
+                message: format!("{} is defined twice (first at {first})", resource.display_name()),
             });
-        } else if let Some(location) = resource.location {
-            seen.insert(key, location);
+        } else {
+            seen.insert(key, (&resource.file, resource.location));
+        }
+        if let Some(namespace) = &resource.namespace
+            && !namespaces.contains(&namespace.as_str())
+        {
+            errors.push(Diagnostic {
+                file: resource.file.clone(),
+                location: resource.location,
+                field: "metadata.namespace".into(),
+                message: format!("{}: no namespace `{namespace}`; declare it under `namespaces:`", resource.display_name()),
+            });
         }
     }
 
     if errors.is_empty() { Ok(resources) } else { Err(errors) }
 }
 
-/// Where the text of a `|` block scalar starts, relative to the `|`: the next line, indented.
-fn block_scalar_offset(text: &str, indicator: Option<Location>) -> (usize, usize) {
-    let Some(indicator) = indicator else { return (0, 0) };
-    let indent = text
-        .lines()
-        .skip(indicator.line)
-        .find(|line| !line.trim().is_empty())
-        .map(|line| line.len() - line.trim_start().len())
-        .unwrap_or(0);
-    (indicator.line, indent)
+/// How far a block scalar's text is moved in its file: its marker is the first line and column of
+/// the text itself.
+fn block_scalar_offset(start: Option<Location>) -> (usize, usize) {
+    start.map_or((0, 0), |l| (l.line - 1, l.column - 1))
 }
 
 fn parse_documents(
@@ -176,14 +182,11 @@ fn collect(document: &Document, value: &Value, path: &str, out: &mut Vec<Resourc
         return;
     };
 
-    if kind == "List" || kind.ends_with("List") && api_version == "v1" {
-        match object.get("items").and_then(Value::as_sequence) {
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    collect(document, item, &join(&format!("items[{i}]")), out, errors);
-                }
-            }
-            None => errors.push(document.error(&join("items"), "a List needs `items`")),
+    if kind.ends_with("List")
+        && let Some(items) = object.get("items").and_then(Value::as_sequence)
+    {
+        for (i, item) in items.iter().enumerate() {
+            collect(document, item, &join(&format!("items[{i}]")), out, errors);
         }
         return;
     }

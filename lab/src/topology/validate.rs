@@ -79,9 +79,14 @@ fn check_name(findings: &mut Findings, field: &str, name: &str, what: &str, max:
     }
 }
 
+/// Interface names the fabric itself uses.
+const RESERVED_IFNAMES: &[&str] = &["lo", "br0"];
+
 /// A name that also becomes an interface on the fabric.
 fn check_ifname(findings: &mut Findings, field: &str, name: &str, what: &str) {
-    if is_dns_label(name) && name.len() > MAX_IFNAME {
+    if RESERVED_IFNAMES.contains(&name) {
+        findings.error(field, format!("{what} `{name}` would clash with the fabric's own `{name}` interface"));
+    } else if is_dns_label(name) && name.len() > MAX_IFNAME {
         findings.error(
             field,
             format!(
@@ -224,9 +229,10 @@ fn check_labels(findings: &mut Findings, field: &str, labels: &BTreeMap<String, 
             && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
             && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
     };
+    let valid_prefix = |p: &str| p.len() <= 253 && p.split('.').all(is_dns_label);
     for (key, value) in labels {
-        let name = key.rsplit_once('/').map_or(key.as_str(), |(_, name)| name);
-        if name.is_empty() || !valid_name(name) {
+        let (prefix, name) = key.rsplit_once('/').map_or(("", key.as_str()), |(prefix, name)| (prefix, name));
+        if name.is_empty() || !valid_name(name) || (key.contains('/') && !valid_prefix(prefix)) {
             findings.error(format!("{field}.{key}"), format!("`{key}` is not a valid label key"));
         } else if !valid_name(value) {
             findings.error(format!("{field}.{key}"), format!("`{value}` is not a valid label value"));
@@ -261,7 +267,7 @@ fn check_pods(findings: &mut Findings, topology: &Topology) {
             let cidr = cidrs[node];
             if !cidr.contains(&ip) {
                 findings.error(field("ip"), format!("{ip} is outside the pod CIDR `{cidr}` of node `{}`", pod.node));
-            } else if !plan::pod_hosts(&cidr).any(|h| h == ip) {
+            } else if !plan::is_pod_host(&cidr, ip) {
                 findings.error(field("ip"), format!("{ip} is reserved in `{cidr}` (network, router or broadcast address)"));
             } else if let Some(first) = fixed_ips.insert(ip, i) {
                 findings.warning(
@@ -285,7 +291,10 @@ fn check_ports(findings: &mut Findings, field: &str, ports: &[super::Port]) {
             let valid = !name.is_empty()
                 && name.len() <= 15
                 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && name.bytes().any(|b| b.is_ascii_lowercase());
+                && name.bytes().any(|b| b.is_ascii_lowercase())
+                && !name.starts_with('-')
+                && !name.ends_with('-')
+                && !name.contains("--");
             if !valid {
                 findings.error(format!("{field}[{i}].name"), format!("`{name}` is not a valid port name (IANA_SVC_NAME: at most 15 lowercase letters, digits and `-`)"));
             } else if !names.insert(name.as_str()) {
@@ -298,6 +307,14 @@ fn check_ports(findings: &mut Findings, field: &str, ports: &[super::Port]) {
 fn check_externals(findings: &mut Findings, topology: &Topology) {
     let ranges: Vec<Ipv4Net> = DOCUMENTATION_RANGES.iter().map(|r| r.parse().expect("valid range")).collect();
     let nodes: HashSet<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
+    let cluster_ranges: Vec<(String, Ipv4Net)> = [
+        ("nodeCIDR".to_string(), topology.cluster.node_cidr),
+        ("the pod CIDR pool".to_string(), topology.cluster.pod_cidr),
+    ]
+    .into_iter()
+    .chain(topology.nodes.iter().filter_map(|n| n.pod_cidr.map(|c| (format!("the pod CIDR of node `{}`", n.name), c))))
+    .collect();
+    let routers: HashSet<Ipv4Addr> = topology.externals.iter().map(|e| plan::external_gateway(&e.address.0)).collect();
     let mut seen = HashSet::new();
     let mut addresses = HashMap::new();
     for (i, external) in topology.externals.iter().enumerate() {
@@ -323,8 +340,10 @@ fn check_externals(findings: &mut Findings, topology: &Topology) {
             Some(_) => {
                 if ip == address.network() || ip == address.broadcast() {
                     findings.error(field("address"), format!("{ip} is the network or broadcast address of `{}`", address.trunc()));
-                } else if ip == plan::external_gateway(&address) {
-                    findings.error(field("address"), format!("{ip} is the fabric's router address in `{}`; choose another", address.trunc()));
+                } else if routers.contains(&ip) {
+                    findings.error(field("address"), format!("{ip} is a fabric router address (the last host of an external subnet); choose another"));
+                } else if let Some((what, range)) = cluster_ranges.iter().find(|(_, r)| overlaps(r, &address.trunc())) {
+                    findings.error(field("address"), format!("`{}` overlaps {what} `{range}`", address.trunc()));
                 } else if let Some(other) = addresses.insert(ip, i) {
                     findings.error(field("address"), format!("{ip} is already the address of external `{}`", topology.externals[other].name));
                 }

@@ -1,0 +1,184 @@
+//! What the root integration tests share: running the `lab` binary, a guard that removes a lab
+//! however the test ends, and a list of everything a lab may have left on the host.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lab::plan::{Plan, netns_prefix};
+use lab::state::LabDir;
+
+pub fn lab_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_lab")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the crate is in the workspace").to_path_buf()
+}
+
+pub fn topology(relative: &str) -> PathBuf {
+    repo_root().join("topologies").join(relative)
+}
+
+/// Runs `lab ARGS...` and returns its output, whatever its exit status.
+pub fn lab(args: &[&str]) -> Output {
+    Command::new(lab_binary()).args(args).env("NO_COLOR", "1").output().expect("running lab")
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test builds real namespaces and needs root: run the suite as root (scripts/test does)"
+    );
+}
+
+/// A lab name no other test (or concurrent test run) uses.
+pub fn unique_name(what: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("t{}-{what}-{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A running lab, removed with `lab down` when dropped, even if the test panicked.
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    /// `lab up FILE --name <unique>`; panics with lab's own error if it fails.
+    pub fn up(file: &Path, what: &str) -> Lab {
+        require_root();
+        let lab = Lab { name: unique_name(what) };
+        let out = lab_up(file, &lab.name);
+        assert!(out.status.success(), "lab up failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        lab
+    }
+
+    pub fn plan(&self) -> Plan {
+        LabDir::of(&self.name).read_plan().expect("a running lab has a plan")
+    }
+}
+
+pub fn lab_up(file: &Path, name: &str) -> Output {
+    lab(&["up", file.to_str().expect("utf-8 path"), "--name", name])
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = lab(&["down", &self.name]);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!("lab down {} failed:\n{}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// Removes a lab by name when dropped: for tests that start `lab up` themselves.
+pub struct DownOnDrop(pub String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        lab(&["down", &self.0]);
+    }
+}
+
+/// Everything of lab `name` still on the host: namespaces, their mounts, its record, its BPF pin
+/// folder and its agent processes. Empty when the lab is completely gone.
+pub fn remains_of(name: &str) -> Vec<String> {
+    let prefix = netns_prefix(name);
+    let mut remains: Vec<String> = lab::net::netns::list_with_prefix(&prefix).into_iter().map(|n| format!("netns {n}")).collect();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    remains.extend(
+        mountinfo.lines().filter(|l| l.contains(&format!("/run/netns/{prefix}"))).map(|l| format!("mount {l}")),
+    );
+    if LabDir::of(name).exists() {
+        remains.push(format!("record /run/lab/{name}"));
+    }
+    if LabDir::of(name).bpffs_path().exists() {
+        remains.push(format!("pins {}", LabDir::of(name).bpffs_path().display()));
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.len() >= 3 && args[1] == "agent" && args[2] == name {
+            remains.push(format!("agent process {}", entry.file_name().to_string_lossy()));
+        }
+    }
+    remains
+}
+
+/// One probe of the full matrix that did not connect.
+#[derive(Debug)]
+pub struct Failure {
+    pub from: String,
+    pub to: String,
+    pub kind: lab::probe::Kind,
+    pub outcome: lab::probe::Outcome,
+}
+
+/// Probes every pod → every other pod and every external, on the target's first TCP port, its
+/// first UDP port and ICMP, with real sockets inside the source pod. Returns the probe count and
+/// the failures.
+pub fn probe_every_pair(plan: &Plan) -> (usize, Vec<Failure>) {
+    use futures::StreamExt;
+    use lab::probe::{Kind, Outcome, probe};
+    use lab::topology::{Port, Protocol};
+    use std::time::Duration;
+
+    let first = |ports: &[Port], protocol: Protocol| ports.iter().find(|p| p.protocol == protocol).map(|p| p.port);
+    let kinds = |ports: &[Port]| {
+        let mut kinds = vec![Kind::Icmp];
+        kinds.extend(first(ports, Protocol::Tcp).map(Kind::Tcp));
+        kinds.extend(first(ports, Protocol::Udp).map(Kind::Udp));
+        kinds
+    };
+    let targets: Vec<(String, std::net::Ipv4Addr, Vec<Kind>)> = plan
+        .pods
+        .iter()
+        .map(|p| (p.id(), p.ip, kinds(&p.ports)))
+        .chain(plan.externals.iter().map(|e| (e.name.clone(), e.address.addr(), kinds(&e.ports))))
+        .collect();
+    let mut probes = Vec::new();
+    for source in &plan.pods {
+        let netns = std::sync::Arc::new(lab::net::netns::open(&source.netns).expect("the pod's namespace exists"));
+        for (target, ip, kinds) in targets.iter().filter(|(t, ..)| *t != source.id()) {
+            for kind in kinds {
+                probes.push((source.id(), netns.clone(), target.clone(), *ip, *kind));
+            }
+        }
+    }
+    let count = probes.len();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let failures = runtime.block_on(
+        futures::stream::iter(probes)
+            .map(|(from, netns, to, ip, kind)| async move {
+                let outcome = probe(&netns, ip, kind, Duration::from_secs(3)).await;
+                (outcome != Outcome::Connected).then_some(Failure { from, to, kind, outcome })
+            })
+            .buffer_unordered(32)
+            .filter_map(|failure| async { failure })
+            .collect::<Vec<_>>(),
+    );
+    (count, failures)
+}
+
+/// The interfaces of a namespace, by name.
+pub fn links_in(netns: &std::fs::File) -> Vec<String> {
+    let dev = lab::net::netns::run_in(netns, || std::fs::read_to_string("/proc/thread-self/net/dev")).unwrap().unwrap();
+    dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(|n| n.trim().to_string()).collect()
+}
+
+/// Waits until the held namespace has only `lo` left. A veth vanishes with its peer, so a held
+/// node namespace empties only once the kernel has freed the fabric and every pod namespace on
+/// the other ends: nothing of the lab holds them any more.
+pub fn assert_links_vanish(node_netns: &std::fs::File) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let links = links_in(node_netns);
+        if links == ["lo"] {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "links still alive after lab down: {links:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
