@@ -1,6 +1,8 @@
 //! The lab's agent: one background process per lab, `lab agent <name>`, serving every declared
 //! port of its pods and externals (TCP: accept and echo; UDP: echo) from sockets it opened inside
-//! their namespaces. It outlives `lab up` and is stopped by `lab down`.
+//! their namespaces, and, when the lab has a datapath, turning its events into Hubble flows in
+//! `/run/lab/<name>/flows.jsonl` (what `lab observe` reads). It outlives `lab up` and is stopped
+//! by `lab down`.
 //!
 //! It is found by its command line, not by a pid file, so a `lab up` killed between starting it
 //! and recording it leaves nothing `lab down` cannot find.
@@ -11,12 +13,15 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::datapath::abi::Event;
+use crate::datapath::pins;
+use crate::flow::{FLOW_LOG_LIMIT, FlowContext, FlowLog};
 use crate::net::netns;
 use crate::plan::Plan;
 use crate::state::LabDir;
@@ -58,7 +63,11 @@ pub fn spawn(lab: &LabDir) -> Result<()> {
         return Ok(());
     }
     let log = std::fs::read_to_string(lab.log_path()).unwrap_or_default();
-    bail!("the lab agent failed to start: {}{}", answer.trim(), if log.is_empty() { String::new() } else { format!("\n{log}") })
+    bail!(
+        "the lab agent failed to start: {}{}",
+        answer.trim(),
+        if log.is_empty() { String::new() } else { format!("\n{log}") }
+    )
 }
 
 /// Stops every agent of the lab `name`; returns how many there were.
@@ -90,7 +99,10 @@ fn find(name: &str) -> Vec<Pid> {
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.len() >= 3 && args[1] == SUBCOMMAND.as_bytes() && args[2] == name.as_bytes() && args[0].ends_with(b"lab")
+            args.len() >= 3
+                && args[1] == SUBCOMMAND.as_bytes()
+                && args[2] == name.as_bytes()
+                && args[0].ends_with(b"lab")
         })
         .map(Pid::from_raw)
         .filter(|pid| alive(*pid))
@@ -175,6 +187,10 @@ fn serve_until_stopped(name: &str, ready: &mut File) -> Result<()> {
         eprintln!("lab agent for `{name}`: serving {count} ports");
         let _ = writeln!(ready, "ready");
         let _ = ready.sync_all();
+        // Labs without a datapath have no ring buffer: they only serve ports.
+        if pins::events(name).exists() {
+            tokio::spawn(record_flows(LabDir::of(name), plan));
+        }
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = terminate.recv() => {}
@@ -183,6 +199,48 @@ fn serve_until_stopped(name: &str, ready: &mut File) -> Result<()> {
         eprintln!("lab agent for `{name}`: stopping");
         Ok(())
     })
+}
+
+/// Turns every event of the lab's ring buffer into a Hubble flow appended to `flows.jsonl`,
+/// until the agent stops; a failure stops the flows, not the agent.
+async fn record_flows(lab: LabDir, plan: Plan) {
+    if let Err(e) = consume_events(&lab, &plan).await {
+        eprintln!("lab agent for `{}`: no more flows: {e:#}", lab.name);
+    }
+}
+
+async fn consume_events(lab: &LabDir, plan: &Plan) -> Result<()> {
+    use aya::maps::{Map, MapData, RingBuf};
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+
+    let pin = pins::events(&lab.name);
+    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let ring =
+        RingBuf::try_from(Map::RingBuf(data)).with_context(|| format!("{} is not a ring buffer", pin.display()))?;
+    // SAFETY: the ring buffer owns its descriptor, which stays open, and the same, for as long
+    // as the AsyncFd holding it lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the ring buffer")?;
+    let context = FlowContext::new(plan);
+    let path = lab.flows_path();
+    let mut log = FlowLog::open(&path, FLOW_LOG_LIMIT).with_context(|| format!("opening {}", path.display()))?;
+    eprintln!("lab agent for `{}`: recording flows in {}", lab.name, path.display());
+    loop {
+        let mut guard = ring.readable_mut().await.context("waiting on the ring buffer")?;
+        // Cleared before draining, so an event submitted meanwhile wakes the next wait.
+        guard.clear_ready();
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let Some(event) = Event::from_bytes(&item) else { continue };
+            drop(item);
+            if let Some(record) = context.record(&event, SystemTime::now()) {
+                log.append(&record).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        log.flush().with_context(|| format!("writing {}", path.display()))?;
+    }
 }
 
 async fn echo_tcp(who: String, listener: tokio::net::TcpListener) {
@@ -224,9 +282,11 @@ async fn answer_tcp(who: String, mut stream: tokio::net::TcpStream) {
 }
 
 fn http_method(request: &[u8]) -> Option<&'static str> {
-    ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
-        .into_iter()
-        .find(|m| request.starts_with(m.as_bytes()) && request.get(m.len()) == Some(&b' ') && request.windows(5).any(|w| w == b"HTTP/"))
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"].into_iter().find(|m| {
+        request.starts_with(m.as_bytes())
+            && request.get(m.len()) == Some(&b' ')
+            && request.windows(5).any(|w| w == b"HTTP/")
+    })
 }
 
 async fn echo_udp(who: String, socket: tokio::net::UdpSocket) {

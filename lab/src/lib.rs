@@ -5,9 +5,14 @@
 //! each lab so `lab down` can remove exactly what it made; [`probe`] sends real traffic.
 
 pub mod agent;
+pub mod bench;
 pub mod cmd;
+pub mod datapath;
+pub mod flow;
+pub mod identity;
 pub mod net;
 pub mod plan;
+pub mod policy;
 pub mod probe;
 pub mod realise;
 pub mod state;

@@ -52,6 +52,42 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Open real connections through the datapath: one, or every pod to every pod (--matrix).
+    #[command(
+        after_help = "Examples:\n  lab probe demo --from x/a --to y/b --port tcp/80\n  lab probe demo --matrix --port udp/53"
+    )]
+    Probe {
+        name: String,
+        /// The sender: a pod (`pod` or `namespace/pod`), node or external.
+        #[arg(long, required_unless_present = "matrix")]
+        from: Option<String>,
+        /// The receiver: a pod, node, external or IPv4 address.
+        #[arg(long, required_unless_present = "matrix")]
+        to: Option<String>,
+        /// `tcp/80`, `udp/53` or `icmp`.
+        #[arg(long, value_parser = cmd::probe::parse_kind)]
+        port: lab::probe::Kind,
+        /// Every pod to every pod, as a `.`/`X` truth table.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        matrix: bool,
+        /// With --matrix: only pods of these namespaces.
+        #[arg(long, short)]
+        namespace: Vec<String>,
+        /// How long to wait for an answer.
+        #[arg(long, default_value = "1s", value_parser = cmd::probe::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Show the datapath's flows, as `hubble observe` does.
+    #[command(
+        after_help = "Examples:\n  lab observe demo --last 50\n  lab observe demo -f --verdict DROPPED\n  lab observe demo --pod prod/web -o json"
+    )]
+    Observe(cmd::observe::Args),
+    /// Show the datapath's counters of forwarded and dropped packets, by reason and direction.
+    Metrics {
+        name: String,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Check topology files without building anything.
     Validate {
         #[arg(required = true)]
@@ -59,9 +95,30 @@ enum Command {
     },
     /// Print the JSON Schema of topology files (as in docs/topology.schema.json).
     Schema,
+    /// Measure the lab on this host.
+    Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
     /// The lab's background server process (started by `lab up`).
     #[command(hide = true)]
     Agent { name: String },
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Time bring-up and teardown of N pods, and of the same pods built by a script of `ip`
+    /// commands, one process per operation (as containerlab and Mininet do it).
+    Up {
+        /// Pod counts to measure, one lab each, in order.
+        #[arg(long, value_delimiter = ',', default_values_t = [100, 500, 1000])]
+        pods: Vec<usize>,
+        /// Nodes the pods are spread over, round-robin.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,11 +136,27 @@ fn main() -> ExitCode {
         Command::Down { names, all } => cmd::down::run(&names, all),
         Command::Ls { names, output } => cmd::ls::run(&names, output),
         Command::Exec { name, target, command } => cmd::exec::run(&name, &target, &command),
-        Command::Validate { files } => return if cmd::validate::run(&files) { ExitCode::SUCCESS } else { ExitCode::FAILURE },
+        Command::Probe { name, matrix: true, port, namespace, timeout, .. } => {
+            cmd::probe::matrix(&name, port, &namespace, timeout)
+        }
+        Command::Probe { name, from, to, port, timeout, .. } => {
+            let (from, to) = (from.expect("required by clap"), to.expect("required by clap"));
+            match cmd::probe::run(&name, &from, &to, port, timeout) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Observe(args) => cmd::observe::run(&args),
+        Command::Metrics { name, output } => cmd::metrics::run(&name, output),
+        Command::Validate { files } => {
+            return if cmd::validate::run(&files) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
         Command::Schema => {
             print!("{}", lab::topology::json_schema());
             Ok(())
         }
+        Command::Bench { target: BenchTarget::Up { pods, nodes, output } } => cmd::bench::up(&pods, nodes, output),
         Command::Agent { name } => lab::agent::serve(&name),
     };
     match result {

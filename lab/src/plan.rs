@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::topology::{Port, RoutingMode, Topology};
+use crate::identity::{self, LabelFilter, Labels};
+use crate::topology::{AttachMode, Port, RoutingMode, Topology};
 
 /// Lab names end up in namespace and directory names; keep them short enough to read.
 pub const MAX_LAB_NAME: usize = 32;
@@ -17,8 +18,6 @@ pub const MAX_LAB_NAME: usize = 32;
 pub const VXLAN_PORT: u16 = 8472;
 /// Cilium gives pods the underlay MTU less the VXLAN overhead in tunnel mode.
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// VXLAN network identifier of the lab's tunnel.
-pub const VXLAN_VNI: u32 = 2;
 
 /// Interface indexes are fixed, so flows and captures name the same interface on every run:
 /// `lo` is 1 in every namespace, the uplink (`eth0` of a node, pod or external) is 2, a node's
@@ -41,7 +40,10 @@ pub fn netns_prefix(lab: &str) -> String {
 pub struct Plan {
     pub lab: String,
     pub routing_mode: RoutingMode,
+    pub attach: AttachMode,
     pub mtu: u32,
+    /// Every identity in use, reserved ones included, with its identity-relevant labels.
+    pub identities: BTreeMap<u32, Labels>,
     pub fabric: FabricPlan,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
@@ -62,6 +64,8 @@ pub struct FabricPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePlan {
     pub name: String,
+    /// 1-based, in node order: events and flows name the node by it.
+    pub id: u16,
     pub netns: String,
     /// The node's uplink (`eth0`) address on the underlay.
     pub ip: Ipv4Net,
@@ -82,6 +86,11 @@ pub struct NodePlan {
 pub struct PodPlan {
     pub namespace: String,
     pub name: String,
+    /// The endpoint's number on its node (Cilium's endpoint ID), derived from its name.
+    pub endpoint_id: u16,
+    /// Its security identity, from its identity-relevant labels.
+    pub identity: u32,
+    /// All of its labels, Cilium style (`k8s:app=web`), relevant to identity or not.
     /// Index into [`Plan::nodes`].
     pub node: usize,
     pub netns: String,
@@ -91,7 +100,7 @@ pub struct PodPlan {
     pub host_ifname: String,
     pub host_ifindex: u32,
     pub host_mac: Mac,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub service_account: String,
     pub ports: Vec<Port>,
 }
@@ -185,7 +194,10 @@ pub fn node_pod_cidrs(topology: &Topology) -> Result<Vec<Ipv4Net>, String> {
         .map(|node| match node.pod_cidr {
             Some(cidr) => Ok(cidr),
             None => free.next().ok_or_else(|| {
-                format!("the pool `{}` has no /{} left for node `{}`", cluster.pod_cidr, cluster.pod_cidr_mask_size, node.name)
+                format!(
+                    "the pool `{}` has no /{} left for node `{}`",
+                    cluster.pod_cidr, cluster.pod_cidr_mask_size, node.name
+                )
             }),
         })
         .collect()
@@ -248,6 +260,30 @@ fn pod_ips(topology: &Topology, cidrs: &[Ipv4Net], node_of: &[usize]) -> Vec<Ipv
     ips.into_iter().map(|ip| ip.expect("every pod got an address")).collect()
 }
 
+/// Endpoint IDs, unique per node, each derived from the pod's name as addresses are (1..=4095,
+/// Cilium's range).
+fn endpoint_ids(topology: &Topology, node_of: &[usize]) -> Vec<u16> {
+    const RANGE: u64 = 4095;
+    let mut taken = std::collections::HashSet::new();
+    let mut ids = vec![0; topology.pods.len()];
+    let mut order: Vec<usize> = (0..topology.pods.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (pa, pb) = (&topology.pods[a], &topology.pods[b]);
+        (&pa.namespace, &pa.name).cmp(&(&pb.namespace, &pb.name))
+    });
+    for pod in order {
+        let p = &topology.pods[pod];
+        let start = stable_hash(&format!("endpoint/{}/{}", p.namespace, p.name)) % RANGE;
+        let id = (0..RANGE)
+            .map(|k| 1 + ((start + k) % RANGE) as u16)
+            .find(|id| !taken.contains(&(node_of[pod], *id)))
+            .expect("fewer than 4095 pods on a node");
+        taken.insert((node_of[pod], id));
+        ids[pod] = id;
+    }
+    ids
+}
+
 impl Plan {
     /// The plan for a topology that passed [`crate::topology::validate::check`].
     pub fn new(topology: &Topology, lab: &str) -> Plan {
@@ -266,6 +302,7 @@ impl Plan {
                 let ip = node_ips.next().expect("validated size");
                 NodePlan {
                     name: node.name.clone(),
+                    id: i as u16 + 1,
                     netns: format!("{prefix}node.{}", node.name),
                     ip: Ipv4Net::new(ip, cluster.node_cidr.prefix_len()).expect("valid prefix"),
                     uplink_mac: Mac::for_ip(role::NODE_UPLINK, ip),
@@ -287,13 +324,29 @@ impl Plan {
             .map(|p| topology.nodes.iter().position(|n| n.name == p.node).expect("validated"))
             .collect();
         let ips = pod_ips(topology, &cidrs, &node_of);
+        let endpoint_ids = endpoint_ids(topology, &node_of);
+        let filter = LabelFilter::new(&cluster.identity_labels);
+        let namespace_labels =
+            |ns: &str| topology.namespaces.iter().find(|n| n.name == ns).map(|n| n.labels.clone()).unwrap_or_default();
+        let labels: Vec<Labels> = topology
+            .pods
+            .iter()
+            .map(|p| identity::pod_labels(&p.namespace, &namespace_labels(&p.namespace), &p.labels, &p.service_account))
+            .collect();
+        let numbers = identity::allocate(labels.iter().map(|l| filter.relevant(l)));
+        let mut identities = identity::reserved_identities();
+        identities.extend(numbers.iter().map(|(set, number)| (*number, set.clone())));
         let mut ports_on_node = vec![0u32; nodes.len()];
         let pods = topology
             .pods
             .iter()
             .zip(ips)
             .zip(node_of)
-            .map(|((pod, ip), node)| PodPlan {
+            .zip(labels)
+            .enumerate()
+            .map(|(i, (((pod, ip), node), labels))| PodPlan {
+                endpoint_id: endpoint_ids[i],
+                identity: numbers[&filter.relevant(&labels)],
                 host_ifindex: {
                     ports_on_node[node] += 1;
                     ifindex::FIRST_PORT + ports_on_node[node] - 1
@@ -306,7 +359,7 @@ impl Plan {
                 mac: Mac::for_ip(role::POD, ip),
                 host_ifname: format!("lxc{:012x}", stable_hash(&format!("{}/{}", pod.namespace, pod.name)) >> 16),
                 host_mac: Mac::for_ip(role::POD_HOST_SIDE, ip),
-                labels: pod.labels.clone(),
+                labels,
                 service_account: pod.service_account.clone(),
                 ports: pod.ports.clone(),
             })
@@ -343,7 +396,9 @@ impl Plan {
         Plan {
             lab: lab.to_string(),
             routing_mode: cluster.routing_mode,
+            attach: cluster.attach,
             mtu: cluster.mtu,
+            identities,
             fabric: FabricPlan {
                 netns: format!("{prefix}fabric"),
                 bridge: "br0".into(),
@@ -438,13 +493,18 @@ externals: [{name: inet, address: 203.0.113.10}]
             assert!(pod.host_ifname.len() <= 15);
         }
         assert_eq!(p.externals[0].gateway.to_string(), "203.0.113.254");
-        assert_eq!(p.fabric.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["172.18.0.1/24", "203.0.113.254/24"]);
+        assert_eq!(
+            p.fabric.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["172.18.0.1/24", "203.0.113.254/24"]
+        );
     }
 
     #[test]
     fn adding_a_pod_moves_no_other_pod() {
         let before = plan(TWO_NODES);
-        let after = plan(&TWO_NODES.replace("  - {name: cache, node: a}", "  - {name: cache, node: a}\n  - {name: zz, node: a}"));
+        let after = plan(
+            &TWO_NODES.replace("  - {name: cache, node: a}", "  - {name: cache, node: a}\n  - {name: zz, node: a}"),
+        );
         for pod in &before.pods {
             let same = after.pods.iter().find(|p| p.name == pod.name).unwrap();
             assert_eq!(pod.ip, same.ip, "{}", pod.name);

@@ -47,16 +47,20 @@ pub async fn build(plan: &Plan, progress: &ProgressBar) -> Result<()> {
     // Externals reply to pods directly, so the fabric routes every pod CIDR to its node, as a
     // cloud network's route table does.
     for node in &plan.nodes {
-        let route = Route { destination: node.pod_cidr, gateway: Some(node.ip.addr()), interface: ifindex::BRIDGE, source: None };
+        let route = Route {
+            destination: node.pod_cidr,
+            gateway: Some(node.ip.addr()),
+            interface: ifindex::BRIDGE,
+            source: None,
+        };
         fabric.add_route(route).await?;
         fabric.add_neighbour(ifindex::BRIDGE, node.ip.addr(), node.uplink_mac).await?;
     }
 
     progress.set_message("nodes");
-    let node_links: Vec<Netlink> = futures::future::try_join_all(
-        plan.nodes.iter().map(|node| build_node(plan, node, &fabric, ns(&node.netns))),
-    )
-    .await?;
+    let node_links: Vec<Netlink> =
+        futures::future::try_join_all(plan.nodes.iter().map(|node| build_node(plan, node, &fabric, ns(&node.netns))))
+            .await?;
 
     progress.set_message("pods");
     // Pods given one address on purpose (an IPAM bug reproduced) are built last and in file
@@ -103,7 +107,12 @@ async fn build_node(plan: &Plan, node: &NodePlan, fabric: &Netlink, netns_file: 
     let uplink = ifindex::UPLINK;
     fabric
         .add_veth(
-            VethEnd { name: &node.fabric_port, index: node.fabric_port_index, mac: node.fabric_port_mac, mtu: plan.mtu },
+            VethEnd {
+                name: &node.fabric_port,
+                index: node.fabric_port_index,
+                mac: node.fabric_port_mac,
+                mtu: plan.mtu,
+            },
             Some(ifindex::BRIDGE),
             VethEnd { name: UPLINK_NAME, index: uplink, mac: node.uplink_mac, mtu: plan.mtu },
             netns_file,
@@ -117,13 +126,24 @@ async fn build_node(plan: &Plan, node: &NodePlan, fabric: &Netlink, netns_file: 
     // The router IP is the node's own address in its pod CIDR (Cilium puts it on cilium_host).
     link.add_address(LOOPBACK, host_route(node.router_ip)).await?;
     link.add_neighbour(uplink, node.gateway, plan.fabric.bridge_mac).await?;
-    link.add_route(Route { destination: default_route(), gateway: Some(node.gateway), interface: uplink, source: None }).await?;
+    link.add_route(Route {
+        destination: default_route(),
+        gateway: Some(node.gateway),
+        interface: uplink,
+        source: None,
+    })
+    .await?;
 
     for peer in plan.nodes.iter().filter(|peer| peer.name != node.name) {
         link.add_neighbour(uplink, peer.ip.addr(), peer.uplink_mac).await?;
         match plan.routing_mode {
             RoutingMode::Native => {
-                let route = Route { destination: peer.pod_cidr, gateway: Some(peer.ip.addr()), interface: uplink, source: None };
+                let route = Route {
+                    destination: peer.pod_cidr,
+                    gateway: Some(peer.ip.addr()),
+                    interface: uplink,
+                    source: None,
+                };
                 link.add_route(route).await?;
             }
             RoutingMode::Tunnel => {}
@@ -144,15 +164,15 @@ async fn build_node(plan: &Plan, node: &NodePlan, fabric: &Netlink, netns_file: 
     Ok(link)
 }
 
-/// VXLAN between nodes with static forwarding: each remote pod CIDR is routed via the remote
-/// node's router IP on the tunnel device, whose MAC is pinned to the remote node's VTEP.
+/// VXLAN between nodes: each remote pod CIDR is routed via the remote node's router IP on the
+/// tunnel device (its MAC pinned, so no ARP crosses the tunnel); the datapath's program on the
+/// device picks the remote node per packet from the ipcache.
 async fn build_tunnel(plan: &Plan, node: &NodePlan, link: &Netlink) -> Result<()> {
     let tunnel = ifindex::VXLAN;
     let mtu = plan.mtu - plan::VXLAN_OVERHEAD;
     link.add_vxlan(Vxlan {
         name: VXLAN_NAME,
         index: tunnel,
-        vni: plan::VXLAN_VNI,
         uplink: ifindex::UPLINK,
         local: node.ip.addr(),
         port: plan::VXLAN_PORT,
@@ -161,9 +181,9 @@ async fn build_tunnel(plan: &Plan, node: &NodePlan, link: &Netlink) -> Result<()
     })
     .await?;
     for peer in plan.nodes.iter().filter(|peer| peer.name != node.name) {
-        link.add_vxlan_peer(tunnel, peer.vxlan_mac, peer.ip.addr()).await?;
         link.add_neighbour(tunnel, peer.router_ip, peer.vxlan_mac).await?;
-        let route = Route { destination: peer.pod_cidr, gateway: Some(peer.router_ip), interface: tunnel, source: None };
+        let route =
+            Route { destination: peer.pod_cidr, gateway: Some(peer.router_ip), interface: tunnel, source: None };
         link.add_route(route).await?;
     }
     Ok(())
@@ -181,7 +201,12 @@ async fn build_pod(plan: &Plan, pod: &PodPlan, node_link: &Netlink, netns_file: 
         )
         .await
         .with_context(|| format!("pod {}", pod.id()))?;
-    let to_pod = Route { destination: host_route(pod.ip), gateway: None, interface: pod.host_ifindex, source: Some(node.router_ip) };
+    let to_pod = Route {
+        destination: host_route(pod.ip),
+        gateway: None,
+        interface: pod.host_ifindex,
+        source: Some(node.router_ip),
+    };
     node_link.add_route(to_pod).await?;
     node_link.add_neighbour(pod.host_ifindex, pod.ip, pod.mac).await?;
 
@@ -200,7 +225,12 @@ async fn build_external(plan: &Plan, external: &ExternalPlan, fabric: &Netlink, 
     let eth0 = ifindex::UPLINK;
     fabric
         .add_veth(
-            VethEnd { name: &external.fabric_port, index: external.fabric_port_index, mac: external.fabric_port_mac, mtu: plan.mtu },
+            VethEnd {
+                name: &external.fabric_port,
+                index: external.fabric_port_index,
+                mac: external.fabric_port_mac,
+                mtu: plan.mtu,
+            },
             Some(ifindex::BRIDGE),
             VethEnd { name: UPLINK_NAME, index: eth0, mac: external.mac, mtu: plan.mtu },
             netns_file,
@@ -213,9 +243,14 @@ async fn build_external(plan: &Plan, external: &ExternalPlan, fabric: &Netlink, 
     link.set_up(eth0).await?;
     link.add_address(eth0, external.address).await?;
     link.add_neighbour(eth0, external.gateway, plan.fabric.bridge_mac).await?;
-    link.add_route(Route { destination: default_route(), gateway: Some(external.gateway), interface: eth0, source: None })
-        .await
-        .with_context(|| format!("external {}", external.name))
+    link.add_route(Route {
+        destination: default_route(),
+        gateway: Some(external.gateway),
+        interface: eth0,
+        source: None,
+    })
+    .await
+    .with_context(|| format!("external {}", external.name))
 }
 
 /// What teardown removed.
@@ -231,7 +266,8 @@ pub struct Removed {
 /// `lab up`, because the record is written before anything is created.
 pub fn teardown(lab: &LabDir) -> Result<Removed> {
     let mut removed = Removed { agents: crate::agent::stop(&lab.name)?, ..Removed::default() };
-    let mut names: Vec<String> = lab.read_plan().map(|p| p.netns_names().iter().map(|n| n.to_string()).collect()).unwrap_or_default();
+    let mut names: Vec<String> =
+        lab.read_plan().map(|p| p.netns_names().iter().map(|n| n.to_string()).collect()).unwrap_or_default();
     names.extend(netns::list_with_prefix(&plan::netns_prefix(&lab.name)));
     names.sort();
     names.dedup();

@@ -50,7 +50,9 @@ impl LabDir {
         match std::fs::create_dir(&dir.path) {
             Ok(()) => Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                bail!("a lab named `{name}` already exists; remove it with `lab down {name}` or choose another with --name")
+                bail!(
+                    "a lab named `{name}` already exists; remove it with `lab down {name}` or choose another with --name"
+                )
             }
             Err(e) => Err(e).with_context(|| format!("creating {}", dir.path.display())),
         }
@@ -64,6 +66,11 @@ impl LabDir {
         self.path.join("agent.log")
     }
 
+    /// The agent's record of the datapath's flows, one Hubble JSON flow a line.
+    pub fn flows_path(&self) -> PathBuf {
+        self.path.join("flows.jsonl")
+    }
+
     pub fn bpffs_path(&self) -> PathBuf {
         Path::new(BPFFS_DIR).join(&self.name)
     }
@@ -75,7 +82,8 @@ impl LabDir {
 
     pub fn read_plan(&self) -> Result<Plan> {
         let path = self.path.join("plan.json");
-        let text = std::fs::read(&path).with_context(|| format!("no lab named `{}` (reading {})", self.name, path.display()))?;
+        let text = std::fs::read(&path)
+            .with_context(|| format!("no lab named `{}` (reading {})", self.name, path.display()))?;
         serde_json::from_slice(&text).with_context(|| format!("reading {}", path.display()))
     }
 
@@ -103,7 +111,9 @@ impl LabDir {
     /// Removes the record itself: the last step of `lab down`.
     pub fn remove(&self) -> Result<()> {
         match std::fs::remove_dir_all(&self.path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", self.path.display())),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.path.display()))
+            }
             _ => Ok(()),
         }
     }

@@ -13,12 +13,19 @@ use common::{DownOnDrop, Lab, lab, lab_binary, probe_every_pair, remains_of, req
 fn down_removes_every_namespace_mount_record_and_server() {
     let lab_ = Lab::up(&topology("examples/quickstart.yaml"), "down");
     let remains = remains_of(&lab_.name);
-    assert!(remains.iter().filter(|r| r.starts_with("netns ")).count() == lab_.plan().netns_names().len(), "{remains:#?}");
+    assert!(
+        remains.iter().filter(|r| r.starts_with("netns ")).count() == lab_.plan().netns_names().len(),
+        "{remains:#?}"
+    );
     assert!(remains.iter().any(|r| r.starts_with("agent process")), "the servers run in an agent: {remains:#?}");
     assert!(remains.iter().any(|r| r.starts_with("mount ")), "{remains:#?}");
 
     let node = lab::net::netns::open(&lab_.plan().nodes[0].netns).unwrap();
-    assert!(common::links_in(&node).iter().filter(|l| l.starts_with("lxc")).count() >= 2, "{:?}", common::links_in(&node));
+    assert!(
+        common::links_in(&node).iter().filter(|l| l.starts_with("lxc")).count() >= 2,
+        "{:?}",
+        common::links_in(&node)
+    );
 
     let name = lab_.name.clone();
     drop(lab_);
@@ -116,6 +123,10 @@ fn a_name_in_use_is_refused_and_the_running_lab_is_untouched() {
     let before = remains_of(&running.name);
     let out = common::lab_up(&file, &running.name);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(remains_of(&running.name), before);
 }

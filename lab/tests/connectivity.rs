@@ -39,7 +39,9 @@ fn every_pair_connects_through_the_vxlan_tunnel() {
 /// pod CIDR via the underlay, only via the VXLAN device, and the device counts packets.
 #[test]
 fn tunnel_mode_routes_pod_cidrs_through_vxlan() {
-    let text = std::fs::read_to_string(topology("examples/three-nodes.yaml")).unwrap().replace("routingMode: native", "routingMode: tunnel");
+    let text = std::fs::read_to_string(topology("examples/three-nodes.yaml"))
+        .unwrap()
+        .replace("routingMode: native", "routingMode: tunnel");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tunnel.yaml");
     std::fs::write(&file, text).unwrap();
@@ -63,7 +65,10 @@ fn tunnel_mode_routes_pod_cidrs_through_vxlan() {
     .unwrap();
     for peer in &plan.nodes[1..] {
         let destination = format!("{:08X}", u32::from_ne_bytes(peer.pod_cidr.network().octets()));
-        let line = routes.lines().find(|l| l.split('\t').nth(1) == Some(destination.as_str())).expect("a route to the peer's pod CIDR");
+        let line = routes
+            .lines()
+            .find(|l| l.split('\t').nth(1) == Some(destination.as_str()))
+            .expect("a route to the peer's pod CIDR");
         assert!(line.starts_with("lab_vxlan"), "route to {} is not via the tunnel: {line}", peer.pod_cidr);
     }
     assert!(vxlan_tx > 0, "no packet left through the tunnel");

@@ -16,7 +16,11 @@ fn cases() -> Vec<(PathBuf, String)> {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .map(|path| {
             let text = std::fs::read_to_string(&path).unwrap();
-            let expected = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("first line: # expect: L:C: message");
+            let expected = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .expect("first line: # expect: L:C: message");
             (path.clone(), format!("{}:{expected}", path.display()))
         })
         .collect();

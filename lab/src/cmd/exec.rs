@@ -29,7 +29,9 @@ pub fn resolve(lab: &str, target: &str) -> Result<String> {
 /// Replaces this process with `command` inside the target's namespace; returns only on error.
 pub fn run(lab: &str, target: &str, command: &[String]) -> Result<()> {
     super::require_root()?;
-    let Some((program, args)) = command.split_first() else { bail!("no command given: `lab exec {lab} {target} -- CMD...`") };
+    let Some((program, args)) = command.split_first() else {
+        bail!("no command given: `lab exec {lab} {target} -- CMD...`")
+    };
     let netns_name = resolve(lab, target)?;
     let file = netns::open(&netns_name)?;
     // This process is single-threaded here and becomes `command`: no need to come back.

@@ -26,7 +26,10 @@ pub fn run(names: &[String], format: Format) -> Result<()> {
         labs.push((name.clone(), status, lab.read_plan()?));
     }
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&labs.iter().map(|(n, s, p)| as_json(n, s, p)).collect::<Vec<_>>())?),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&labs.iter().map(|(n, s, p)| as_json(n, s, p)).collect::<Vec<_>>())?
+        ),
         Format::Table if labs.is_empty() => println!("no labs"),
         Format::Table => {
             for (i, (name, status, plan)) in labs.iter().enumerate() {
@@ -66,15 +69,28 @@ fn ports(ports: &[crate::topology::Port]) -> String {
 
 fn print_table(name: &str, status: &str, plan: &Plan) {
     println!("{} ({status}, {} routing)", ui::bold(name), plan.routing_mode);
-    let mut rows: Vec<[String; 5]> = vec![["KIND".into(), "NAME".into(), "NODE".into(), "IP".into(), "PORTS / POD CIDR".into()]];
+    let mut rows: Vec<[String; 5]> =
+        vec![["KIND".into(), "NAME".into(), "NODE".into(), "IP".into(), "PORTS / POD CIDR".into()]];
     for node in &plan.nodes {
-        rows.push(["node".into(), node.name.clone(), "-".into(), node.ip.addr().to_string(), node.pod_cidr.to_string()]);
+        rows.push([
+            "node".into(),
+            node.name.clone(),
+            "-".into(),
+            node.ip.addr().to_string(),
+            node.pod_cidr.to_string(),
+        ]);
     }
     for pod in &plan.pods {
         rows.push(["pod".into(), pod.id(), plan.nodes[pod.node].name.clone(), pod.ip.to_string(), ports(&pod.ports)]);
     }
     for external in &plan.externals {
-        rows.push(["external".into(), external.name.clone(), "-".into(), external.address.addr().to_string(), ports(&external.ports)]);
+        rows.push([
+            "external".into(),
+            external.name.clone(),
+            "-".into(),
+            external.address.addr().to_string(),
+            ports(&external.ports),
+        ]);
     }
     let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     for row in rows {

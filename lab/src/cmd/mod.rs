@@ -1,8 +1,12 @@
 //! One module per `lab` subcommand.
 
+pub mod bench;
 pub mod down;
 pub mod exec;
 pub mod ls;
+pub mod metrics;
+pub mod observe;
+pub mod probe;
 pub mod up;
 pub mod validate;
 

@@ -6,9 +6,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 
 use crate::plan::Plan;
+use crate::policy::{self, Compiled, PolicyError};
 use crate::state::{LabDir, Status};
-use crate::topology::{self, validate};
-use crate::{agent, realise, ui};
+use crate::topology::{self, TopologyError, validate};
+use crate::{agent, datapath, realise, ui};
 
 pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
     let loaded = topology::load_file(file)?;
@@ -21,6 +22,17 @@ pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
 
     let started = Instant::now();
     let plan = Plan::new(&loaded.topology, name);
+    // Policies are compiled before anything is created: a policy that is wrong or does not fit
+    // changes nothing on the host.
+    let options = policy::Options::default();
+    let compiled = match policy::compile(&loaded.resources, &datapath::endpoints(&plan), &plan.identities, &options) {
+        Ok(compiled) => compiled,
+        Err(PolicyError::Invalid(diagnostics)) => return Err(TopologyError { diagnostics }.into()),
+        Err(e @ PolicyError::Capacity(_)) => return Err(e.into()),
+    };
+    for warning in &compiled.warnings {
+        ui::warning(warning);
+    }
     let lab = LabDir::create(name)?;
     // The record comes first: whatever happens next, `lab down` knows every name to remove.
     let recorded = lab.write_plan(&plan).and_then(|()| lab.set_status(Status::Creating));
@@ -30,12 +42,14 @@ pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
     }
     realise::crash_point("recorded");
 
-    if let Err(error) = build(&lab, &plan) {
+    if let Err(error) = build(&lab, &plan, &compiled) {
         let cleanup = realise::teardown(&lab);
         let error = error.context(format!("bringing up lab `{name}` failed"));
         return Err(match cleanup {
             Ok(_) => error.context("everything it had created was removed"),
-            Err(e) => error.context(format!("and removing what it had created failed too ({e:#}); run `lab down {name}`")),
+            Err(e) => {
+                error.context(format!("and removing what it had created failed too ({e:#}); run `lab down {name}`"))
+            }
         });
     }
     lab.set_status(Status::Ready)?;
@@ -57,7 +71,7 @@ pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn build(lab: &LabDir, plan: &Plan) -> Result<()> {
+fn build(lab: &LabDir, plan: &Plan, policy: &Compiled) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let progress = ui::progress("up");
     let built = runtime.block_on(async {
@@ -70,9 +84,8 @@ fn build(lab: &LabDir, plan: &Plan) -> Result<()> {
     drop(runtime);
     built?;
     realise::crash_point("built");
-    if plan.serves_ports() {
-        agent::spawn(lab).context("starting the built-in servers")?;
-    }
+    datapath::install(plan, policy)?;
+    agent::spawn(lab).context("starting the lab agent")?;
     realise::crash_point("served");
     Ok(())
 }

@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::packet_route::neighbour::NeighbourFlags;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use super::netns;
@@ -38,7 +37,6 @@ pub struct VethEnd<'a> {
 pub struct Vxlan<'a> {
     pub name: &'a str,
     pub index: u32,
-    pub vni: u32,
     pub uplink: u32,
     pub local: Ipv4Addr,
     pub port: u16,
@@ -58,7 +56,8 @@ pub struct Route {
 impl Netlink {
     /// A connection whose socket lives in `netns`. Must be called inside a tokio runtime.
     pub fn connect_in(netns: &File) -> Result<Netlink> {
-        let (connection, handle, _) = netns::run_in(netns, rtnetlink::new_connection)?.context("opening a netlink socket")?;
+        let (connection, handle, _) =
+            netns::run_in(netns, rtnetlink::new_connection)?.context("opening a netlink socket")?;
         tokio::spawn(connection);
         Ok(Netlink { handle })
     }
@@ -96,7 +95,13 @@ impl Netlink {
     /// `controller`) and `peer` born directly inside `peer_netns`, so it never passes through
     /// any other namespace. The peer is brought up from its own namespace: a peer set up at
     /// creation fails because the pair is not yet linked.
-    pub async fn add_veth(&self, local: VethEnd<'_>, controller: Option<u32>, peer: VethEnd<'_>, peer_netns: &File) -> Result<()> {
+    pub async fn add_veth(
+        &self,
+        local: VethEnd<'_>,
+        controller: Option<u32>,
+        peer: VethEnd<'_>,
+        peer_netns: &File,
+    ) -> Result<()> {
         let peer_message = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.name.to_string())
             .index(peer.index)
@@ -121,32 +126,28 @@ impl Netlink {
             .with_context(|| format!("creating veth {} <-> {}", local.name, peer.name))
     }
 
-    /// Creates a VXLAN device on `uplink` with static forwarding only (no learning, no
-    /// multicast): remote endpoints are added with [`Netlink::add_vxlan_peer`].
+    /// Creates a VXLAN device in metadata ("external") mode, as Cilium's: the datapath sets each
+    /// packet's remote endpoint and VNI, and reads the VNI of what arrives.
     pub async fn add_vxlan(&self, device: Vxlan<'_>) -> Result<()> {
-        let message = LinkVxlan::new(device.name, device.vni)
+        // No VNI: a metadata-mode device with one would only receive that VNI, and the VNI
+        // carries the sender's identity.
+        let message = LinkMessageBuilder::<LinkVxlan>::new(device.name)
             .dev(device.uplink)
             .local(device.local)
             .port(device.port)
+            .collect_metadata(true)
             .learning(false)
             .index(device.index)
             .address(device.mac.0.to_vec())
             .mtu(device.mtu)
             .up()
             .build();
-        self.handle.link().add(message).execute().await.with_context(|| format!("creating vxlan device {}", device.name))
-    }
-
-    /// Sends frames for `mac` on the VXLAN device `index` to the endpoint `remote`.
-    pub async fn add_vxlan_peer(&self, index: u32, mac: Mac, remote: Ipv4Addr) -> Result<()> {
         self.handle
-            .neighbours()
-            .add_bridge(index, &mac.0)
-            .flags(NeighbourFlags::Own)
-            .destination(IpAddr::V4(remote))
+            .link()
+            .add(message)
             .execute()
             .await
-            .with_context(|| format!("adding vxlan forwarding entry {mac} -> {remote}"))
+            .with_context(|| format!("creating vxlan device {}", device.name))
     }
 
     pub async fn add_address(&self, index: u32, address: Ipv4Net) -> Result<()> {

@@ -4,10 +4,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::Topology;
 use super::resources::{self, Resource};
 use super::source::{Location, SourceMap};
 use super::validate::{self, Severity};
-use super::Topology;
 
 /// One problem found in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,9 +55,7 @@ impl Diagnostic {
         };
         Diagnostic {
             file: file.to_path_buf(),
-            location: error
-                .location()
-                .map(|l| Location { line: l.line() + offset.0, column: l.column() + offset.1 }),
+            location: error.location().map(|l| Location { line: l.line() + offset.0, column: l.column() + offset.1 }),
             field: if field == "." { String::new() } else { field },
             message,
         }

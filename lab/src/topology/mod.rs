@@ -73,6 +73,14 @@ pub struct Cluster {
     /// MTU of the underlay. In tunnel mode pods get 50 bytes less, as Cilium gives them.
     #[serde(default = "Cluster::default_mtu")]
     pub mtu: u32,
+    /// How programs are attached: `netlink` (clsact and cls_bpf, any kernel) or `tcx` (BPF
+    /// links, kernel 6.6 and later).
+    #[serde(default)]
+    pub attach: AttachMode,
+    /// Which labels make a pod's identity, in Cilium's `--labels` syntax: `k8s:app` includes,
+    /// `!k8s:version` excludes. By default, Cilium's default label filter.
+    #[serde(default)]
+    pub identity_labels: Vec<String>,
 }
 
 impl Cluster {
@@ -98,6 +106,8 @@ impl Default for Cluster {
             node_cidr: Self::default_node_cidr(),
             routing_mode: RoutingMode::default(),
             mtu: Self::default_mtu(),
+            attach: AttachMode::default(),
+            identity_labels: Vec::new(),
         }
     }
 }
@@ -120,6 +130,17 @@ impl fmt::Display for RoutingMode {
             RoutingMode::Tunnel => "tunnel",
         })
     }
+}
+
+/// How the datapath's programs are attached to interfaces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// A clsact qdisc with direct-action cls_bpf filters, as Cilium does on older kernels.
+    #[default]
+    Netlink,
+    /// TCX links (kernel 6.6+), pinned under the lab's bpffs folder.
+    Tcx,
 }
 
 /// A Kubernetes node.

@@ -63,9 +63,7 @@ impl FromStr for Port {
     type Err = String;
     /// `tcp/80` or `80/tcp`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, b) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not a port: expected `tcp/80` or `udp/53`"))?;
+        let (a, b) = s.split_once('/').ok_or_else(|| format!("`{s}` is not a port: expected `tcp/80` or `udp/53`"))?;
         let (protocol, port) = if a.chars().all(|c| c.is_ascii_digit()) { (b, a) } else { (a, b) };
         let protocol = protocol.parse()?;
         let port = parse_port_number(port)?;
@@ -125,7 +123,12 @@ impl<'de> Deserialize<'de> for Port {
 #[allow(dead_code)]
 enum PortSchema {
     /// `tcp/80`, `udp/53`, `80/tcp` (any case).
-    Short(#[schemars(regex(pattern = r"^([Tt][Cc][Pp]|[Uu][Dd][Pp])/[0-9]{1,5}$|^[0-9]{1,5}/([Tt][Cc][Pp]|[Uu][Dd][Pp])$"))] String),
+    Short(
+        #[schemars(regex(
+            pattern = r"^([Tt][Cc][Pp]|[Uu][Dd][Pp])/[0-9]{1,5}$|^[0-9]{1,5}/([Tt][Cc][Pp]|[Uu][Dd][Pp])$"
+        ))]
+        String,
+    ),
     Long(LongPortSchema),
 }
 

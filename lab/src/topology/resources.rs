@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use super::{FileResources, InlineResources, ResourceEntry};
 use super::load::Diagnostic;
 use super::source::{Location, SourceMap};
+use super::{FileResources, InlineResources, ResourceEntry};
 
 /// The kinds the lab understands, and whether each lives in a namespace.
 const KINDS: &[(&str, &str, bool)] = &[
@@ -84,7 +84,9 @@ pub fn load(
             ResourceEntry::File(FileResources { file }) => {
                 let path = base.join(file);
                 match std::fs::read_to_string(&path) {
-                    Ok(text) => parse_documents(&path, &text, SourceMap::documents(&text), (0, 0), &mut documents, &mut errors),
+                    Ok(text) => {
+                        parse_documents(&path, &text, SourceMap::documents(&text), (0, 0), &mut documents, &mut errors)
+                    }
                     Err(e) => errors.push(Diagnostic::new(
                         topology_file,
                         map,
@@ -112,12 +114,17 @@ pub fn load(
         collect(document, &document.value, "", &mut resources, &mut errors);
     }
 
-    let mut seen: HashMap<(String, Option<String>, String), (&Path, Option<Location>)> = HashMap::new();
+    // The first definition of each kind + namespace + name.
+    let mut seen: HashMap<(&str, Option<&str>, &str), &Resource> = HashMap::new();
     for resource in &resources {
-        let key = (resource.kind.clone(), resource.namespace.clone(), resource.name.clone());
-        if let Some((file, location)) = seen.get(&key) {
-            let line = location.map_or(String::new(), |l| l.line.to_string());
-            let first = if *file == resource.file { format!("line {line}") } else { format!("{}:{line}", file.display()) };
+        let key = (resource.kind.as_str(), resource.namespace.as_deref(), resource.name.as_str());
+        if let Some(first) = seen.get(&key) {
+            let line = first.location.map_or(String::new(), |l| l.line.to_string());
+            let first = if first.file == resource.file {
+                format!("line {line}")
+            } else {
+                format!("{}:{line}", first.file.display())
+            };
             errors.push(Diagnostic {
                 file: resource.file.clone(),
                 location: resource.location,
@@ -125,7 +132,7 @@ pub fn load(
                 message: format!("{} is defined twice (first at {first})", resource.display_name()),
             });
         } else {
-            seen.insert(key, (&resource.file, resource.location));
+            seen.insert(key, resource);
         }
         if let Some(namespace) = &resource.namespace
             && !namespaces.contains(&namespace.as_str())
@@ -134,7 +141,10 @@ pub fn load(
                 file: resource.file.clone(),
                 location: resource.location,
                 field: "metadata.namespace".into(),
-                message: format!("{}: no namespace `{namespace}`; declare it under `namespaces:`", resource.display_name()),
+                message: format!(
+                    "{}: no namespace `{namespace}`; declare it under `namespaces:`",
+                    resource.display_name()
+                ),
             });
         }
     }
@@ -194,10 +204,12 @@ fn collect(document: &Document, value: &Value, path: &str, out: &mut Vec<Resourc
     let Some(&(_, _, namespaced)) = KINDS.iter().find(|(v, k, _)| *v == api_version && *k == kind) else {
         let known: Vec<String> = KINDS.iter().map(|(v, k, _)| format!("{v} {k}")).collect();
         let field = if KINDS.iter().any(|(_, k, _)| *k == kind) { "apiVersion" } else { "kind" };
-        errors.push(document.error(
-            &join(field),
-            format!("unknown object `{api_version} {kind}`; the lab knows {}", known.join(", ")),
-        ));
+        errors.push(
+            document.error(
+                &join(field),
+                format!("unknown object `{api_version} {kind}`; the lab knows {}", known.join(", ")),
+            ),
+        );
         return;
     };
 
@@ -210,7 +222,9 @@ fn collect(document: &Document, value: &Value, path: &str, out: &mut Vec<Resourc
     let namespace = match (namespaced, field_of("namespace")) {
         (true, ns) => Some(ns.unwrap_or("default").to_string()),
         (false, Some(_)) => {
-            errors.push(document.error(&join("metadata.namespace"), format!("{kind} is cluster-scoped and takes no namespace")));
+            errors.push(
+                document.error(&join("metadata.namespace"), format!("{kind} is cluster-scoped and takes no namespace")),
+            );
             return;
         }
         (false, None) => None,

@@ -102,11 +102,17 @@ fn check_cluster(findings: &mut Findings, topology: &Topology) -> bool {
     let cluster = &topology.cluster;
     let mut ok = true;
     if cluster.pod_cidr != cluster.pod_cidr.trunc() {
-        findings.error("cluster.podCIDR", format!("`{}` has host bits set; did you mean `{}`?", cluster.pod_cidr, cluster.pod_cidr.trunc()));
+        findings.error(
+            "cluster.podCIDR",
+            format!("`{}` has host bits set; did you mean `{}`?", cluster.pod_cidr, cluster.pod_cidr.trunc()),
+        );
         ok = false;
     }
     if cluster.node_cidr != cluster.node_cidr.trunc() {
-        findings.error("cluster.nodeCIDR", format!("`{}` has host bits set; did you mean `{}`?", cluster.node_cidr, cluster.node_cidr.trunc()));
+        findings.error(
+            "cluster.nodeCIDR",
+            format!("`{}` has host bits set; did you mean `{}`?", cluster.node_cidr, cluster.node_cidr.trunc()),
+        );
         ok = false;
     }
     let mask = cluster.pod_cidr_mask_size;
@@ -122,7 +128,10 @@ fn check_cluster(findings: &mut Findings, topology: &Topology) -> bool {
         ok = false;
     }
     if overlaps(&cluster.pod_cidr, &cluster.node_cidr) {
-        findings.error("cluster.nodeCIDR", format!("`{}` overlaps the pod CIDR pool `{}`", cluster.node_cidr, cluster.pod_cidr));
+        findings.error(
+            "cluster.nodeCIDR",
+            format!("`{}` overlaps the pod CIDR pool `{}`", cluster.node_cidr, cluster.pod_cidr),
+        );
         ok = false;
     }
     if !(1280..=9000).contains(&cluster.mtu) {
@@ -141,7 +150,14 @@ fn check_nodes(findings: &mut Findings, topology: &Topology) {
     }
     let capacity = topology.cluster.node_cidr.hosts().count().saturating_sub(1);
     if topology.nodes.len() > capacity {
-        findings.error("nodes", format!("{} nodes do not fit in nodeCIDR `{}` ({capacity} addresses)", topology.nodes.len(), topology.cluster.node_cidr));
+        findings.error(
+            "nodes",
+            format!(
+                "{} nodes do not fit in nodeCIDR `{}` ({capacity} addresses)",
+                topology.nodes.len(),
+                topology.cluster.node_cidr
+            ),
+        );
     }
     let mut seen = HashSet::new();
     for (i, node) in topology.nodes.iter().enumerate() {
@@ -157,7 +173,8 @@ fn check_nodes(findings: &mut Findings, topology: &Topology) {
                 !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             });
             if !key.starts_with("net.") || !well_formed {
-                findings.error(&field, format!("`{key}` is not a network sysctl; only `net.*` sysctls are per-namespace"));
+                findings
+                    .error(&field, format!("`{key}` is not a network sysctl; only `net.*` sysctls are per-namespace"));
             } else if value.0.is_empty() || value.0.contains('\n') {
                 findings.error(&field, "a sysctl value must be a single line");
             }
@@ -242,8 +259,7 @@ fn check_labels(findings: &mut Findings, field: &str, labels: &BTreeMap<String, 
 
 fn check_pods(findings: &mut Findings, topology: &Topology) {
     let nodes: Vec<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
-    let namespaces: HashSet<&str> =
-        topology.namespaces.iter().map(|n| n.name.as_str()).chain(["default"]).collect();
+    let namespaces: HashSet<&str> = topology.namespaces.iter().map(|n| n.name.as_str()).chain(["default"]).collect();
     let cidrs = plan::node_pod_cidrs(topology).ok();
     let mut seen = HashSet::new();
     let mut fixed_ips: HashMap<Ipv4Addr, usize> = HashMap::new();
@@ -255,7 +271,8 @@ fn check_pods(findings: &mut Findings, topology: &Topology) {
             findings.error(field("name"), format!("pod `{}/{}` is defined twice", pod.namespace, pod.name));
         }
         if !namespaces.contains(pod.namespace.as_str()) {
-            findings.error(field("namespace"), format!("no namespace `{}`; declare it under `namespaces:`", pod.namespace));
+            findings
+                .error(field("namespace"), format!("no namespace `{}`; declare it under `namespaces:`", pod.namespace));
         }
         check_name(findings, &field("serviceAccount"), &pod.service_account, "service account name", 63);
         check_labels(findings, &field("labels"), &pod.labels);
@@ -268,11 +285,15 @@ fn check_pods(findings: &mut Findings, topology: &Topology) {
             if !cidr.contains(&ip) {
                 findings.error(field("ip"), format!("{ip} is outside the pod CIDR `{cidr}` of node `{}`", pod.node));
             } else if !plan::is_pod_host(&cidr, ip) {
-                findings.error(field("ip"), format!("{ip} is reserved in `{cidr}` (network, router or broadcast address)"));
+                findings
+                    .error(field("ip"), format!("{ip} is reserved in `{cidr}` (network, router or broadcast address)"));
             } else if let Some(first) = fixed_ips.insert(ip, i) {
                 findings.warning(
                     field("ip"),
-                    format!("{ip} is also given to pod `{}`: both pods get it, as after an IPAM bug", topology.pods[first].name),
+                    format!(
+                        "{ip} is also given to pod `{}`: both pods get it, as after an IPAM bug",
+                        topology.pods[first].name
+                    ),
                 );
             }
         }
@@ -324,28 +345,48 @@ fn check_externals(findings: &mut Findings, topology: &Topology) {
         if !seen.insert(external.name.as_str()) {
             findings.error(field("name"), format!("external `{}` is defined twice", external.name));
         } else if nodes.contains(external.name.as_str()) {
-            findings.error(field("name"), format!("`{}` is already a node's name; nodes and externals share the fabric", external.name));
+            findings.error(
+                field("name"),
+                format!("`{}` is already a node's name; nodes and externals share the fabric", external.name),
+            );
         }
         let address = external.address.0;
         let ip = address.addr();
         match ranges.iter().find(|r| r.contains(&ip)) {
             None => findings.error(
                 field("address"),
-                format!("{ip} is outside the documentation ranges ({}); externals never get real addresses", DOCUMENTATION_RANGES.join(", ")),
+                format!(
+                    "{ip} is outside the documentation ranges ({}); externals never get real addresses",
+                    DOCUMENTATION_RANGES.join(", ")
+                ),
             ),
             Some(range) if address.prefix_len() < range.prefix_len() || address.prefix_len() > 30 => findings.error(
                 field("address"),
-                format!("/{} does not fit: the subnet must lie inside `{range}` and be /30 or larger", address.prefix_len()),
+                format!(
+                    "/{} does not fit: the subnet must lie inside `{range}` and be /30 or larger",
+                    address.prefix_len()
+                ),
             ),
             Some(_) => {
                 if ip == address.network() || ip == address.broadcast() {
-                    findings.error(field("address"), format!("{ip} is the network or broadcast address of `{}`", address.trunc()));
+                    findings.error(
+                        field("address"),
+                        format!("{ip} is the network or broadcast address of `{}`", address.trunc()),
+                    );
                 } else if routers.contains(&ip) {
-                    findings.error(field("address"), format!("{ip} is a fabric router address (the last host of an external subnet); choose another"));
+                    findings.error(
+                        field("address"),
+                        format!(
+                            "{ip} is a fabric router address (the last host of an external subnet); choose another"
+                        ),
+                    );
                 } else if let Some((what, range)) = cluster_ranges.iter().find(|(_, r)| overlaps(r, &address.trunc())) {
                     findings.error(field("address"), format!("`{}` overlaps {what} `{range}`", address.trunc()));
                 } else if let Some(other) = addresses.insert(ip, i) {
-                    findings.error(field("address"), format!("{ip} is already the address of external `{}`", topology.externals[other].name));
+                    findings.error(
+                        field("address"),
+                        format!("{ip} is already the address of external `{}`", topology.externals[other].name),
+                    );
                 }
             }
         }

@@ -86,7 +86,8 @@ impl Drop for DownOnDrop {
 /// folder and its agent processes. Empty when the lab is completely gone.
 pub fn remains_of(name: &str) -> Vec<String> {
     let prefix = netns_prefix(name);
-    let mut remains: Vec<String> = lab::net::netns::list_with_prefix(&prefix).into_iter().map(|n| format!("netns {n}")).collect();
+    let mut remains: Vec<String> =
+        lab::net::netns::list_with_prefix(&prefix).into_iter().map(|n| format!("netns {n}")).collect();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     remains.extend(
         mountinfo.lines().filter(|l| l.contains(&format!("/run/netns/{prefix}"))).map(|l| format!("mount {l}")),
@@ -181,4 +182,73 @@ pub fn assert_links_vanish(node_netns: &std::fs::File) {
         assert!(std::time::Instant::now() < deadline, "links still alive after lab down: {links:?}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Sends one UDP datagram from inside `netns` through a raw socket, with any source address
+/// (the IP header is ours: a pod forging its source, as an attacker would).
+pub fn send_raw_udp(
+    netns: &std::fs::File,
+    source: std::net::Ipv4Addr,
+    destination: std::net::Ipv4Addr,
+    port: u16,
+    payload: &[u8],
+) {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = lab::net::netns::run_in(netns, || {
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
+    })
+    .unwrap()
+    .expect("a raw socket (root)");
+    let total = 20 + 8 + payload.len();
+    let mut packet = Vec::with_capacity(total);
+    packet.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    packet.extend_from_slice(&source.octets());
+    packet.extend_from_slice(&destination.octets());
+    let udp_len = 8 + payload.len();
+    packet.extend_from_slice(&40000u16.to_be_bytes());
+    packet.extend_from_slice(&port.to_be_bytes());
+    packet.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]); // no UDP checksum, which IPv4 allows
+    packet.extend_from_slice(payload);
+    // With IPPROTO_RAW the kernel takes our header as is, filling in only the IP checksum.
+    socket.send_to(&packet, &SockAddr::from(std::net::SocketAddrV4::new(destination, 0))).expect("sending");
+}
+
+/// A UDP socket listening inside `netns` on `port`, with a short receive timeout.
+pub fn udp_listener(netns: &std::fs::File, port: u16) -> std::net::UdpSocket {
+    let socket = lab::net::netns::run_in(netns, || std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap().unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    socket
+}
+
+/// The sum of a drop reason's counter over both directions, read from the lab's pinned metrics.
+pub fn dropped(lab: &str, reason: u8) -> u64 {
+    lab::datapath::maps::read_metrics(lab)
+        .unwrap()
+        .iter()
+        .filter(|((r, _), _)| *r == reason)
+        .map(|(_, v)| v.packets)
+        .sum()
+}
+
+/// Probes every pod to every pod on `kind` and renders the netpol-style `.`/`X` truth table.
+pub fn probed_matrix(plan: &Plan, kind: lab::probe::Kind) -> String {
+    use futures::StreamExt;
+    let files: Vec<std::fs::File> = plan.pods.iter().map(|p| lab::net::netns::open(&p.netns).unwrap()).collect();
+    let n = plan.pods.len();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let outcomes: Vec<(usize, usize, lab::probe::Outcome)> = runtime.block_on(
+        futures::stream::iter((0..n).flat_map(|a| (0..n).map(move |b| (a, b))))
+            .map(|(a, b)| {
+                let (file, ip) = (&files[a], plan.pods[b].ip);
+                async move { (a, b, lab::probe::probe(file, ip, kind, std::time::Duration::from_millis(500)).await) }
+            })
+            .buffer_unordered(64)
+            .collect(),
+    );
+    let mut table = vec![vec!['?'; n]; n];
+    for (a, b, outcome) in outcomes {
+        table[a][b] = if outcome == lab::probe::Outcome::Connected { '.' } else { 'X' };
+    }
+    lab::cmd::probe::render_matrix(&plan.pods.iter().map(|p| p.id()).collect::<Vec<_>>(), &table)
 }

@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The pod datapath, on the node side of each pod's veth, modelled on Cilium's bpf_lxc.c:
+ * from_container (tc ingress: what the pod sends) and to_container (tc egress: what it receives).
+ * One copy is loaded per pod, with that pod's constants below and its own policy map. */
+
+#include "lib/common.h"
+#include "lib/parse.h"
+#include "lib/ipcache.h"
+#include "lib/endpoints.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+#include "lib/events.h"
+#include "lib/metrics.h"
+
+/* Set by the loader for each pod. */
+volatile const __u32 ENDPOINT_IP; /* network order */
+volatile const __u32 ENDPOINT_IDENTITY;
+volatile const __u16 ENDPOINT_ID;
+volatile const __u16 NODE_ID;
+
+static __always_inline __u32 enforcement(void)
+{
+	struct endpoint_info *self = endpoint_lookup(ENDPOINT_IP);
+
+	return self ? self->flags : 0;
+}
+
+SEC("classifier")
+int from_container(struct __sk_buff *skb)
+{
+	struct event_meta meta = {
+		.endpoint_id = ENDPOINT_ID,
+		.node_id = NODE_ID,
+		.direction = DIR_EGRESS,
+		.src_identity = ENDPOINT_IDENTITY,
+	};
+	struct packet p;
+	struct ct_entry *entry;
+	bool report = false;
+	__u16 proto = ethertype(skb);
+	int ret, status;
+	__u8 matched = MATCH_NONE;
+
+	if (proto == ETH_P_ARP)
+		return TC_ACT_OK;
+	if (proto != ETH_P_IP)
+		return drop(skb, &meta, -DROP_UNKNOWN_L3);
+	ret = parse_ipv4(skb, &p);
+	if (ret < 0)
+		return drop(skb, &meta, ret);
+	/* A pod may only send from its own address. */
+	if (p.saddr != ENDPOINT_IP)
+		return drop(skb, &meta, -DROP_INVALID_SIP);
+
+	meta.dst_identity = identity_of(p.daddr);
+	status = ct_lookup(&p, DIR_EGRESS, ENDPOINT_ID, &entry, &report);
+	meta.ct_status = status;
+	meta.is_reply = status == CT_REPLY;
+
+	/* Replies of a connection the pod accepted pass without a policy lookup. Everything else,
+	 * established connections included, is checked on every packet, so a removed allow cuts
+	 * a live connection at its next packet. */
+	if (status != CT_REPLY && (enforcement() & ENDPOINT_F_EGRESS_ENFORCED)) {
+		ret = policy_lookup(meta.dst_identity, true, p.protocol, p.policy_port, &matched);
+		if (ret < 0 || status == CT_NEW)
+			policy_verdict(skb, &meta, ret, matched);
+		if (ret < 0)
+			return drop(skb, &meta, ret);
+	}
+	if (status == CT_NEW) {
+		ret = ct_create(&p, DIR_EGRESS, ENDPOINT_ID, ENDPOINT_IDENTITY);
+		if (ret < 0)
+			return drop(skb, &meta, ret);
+	} else if (status == CT_ESTABLISHED) {
+		report = ct_update(entry, &p, false);
+	}
+
+	/* A local destination traces its delivery in its own to_container. */
+	if (report && !endpoint_lookup(p.daddr))
+		trace(skb, &meta, OBS_TO_STACK);
+	set_identity_mark(skb, ENDPOINT_IDENTITY);
+	count(0, DIR_EGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int to_container(struct __sk_buff *skb)
+{
+	struct event_meta meta = {
+		.endpoint_id = ENDPOINT_ID,
+		.node_id = NODE_ID,
+		.direction = DIR_INGRESS,
+		.dst_identity = ENDPOINT_IDENTITY,
+	};
+	struct packet p;
+	struct ct_entry *entry;
+	bool report = false;
+	__u16 proto = ethertype(skb);
+	int ret, status;
+	__u8 matched = MATCH_NONE;
+
+	if (proto == ETH_P_ARP)
+		return TC_ACT_OK;
+	if (proto != ETH_P_IP)
+		return drop(skb, &meta, -DROP_UNKNOWN_L3);
+	ret = parse_ipv4(skb, &p);
+	if (ret < 0)
+		return drop(skb, &meta, ret);
+
+	/* The sender's identity came with the packet (its pod's program, or the node's uplink or
+	 * tunnel, marked it); unmarked traffic was sent by this node itself. */
+	meta.src_identity = identity_from_mark(skb->mark);
+	if (meta.src_identity == ID_UNKNOWN)
+		meta.src_identity = identity_of(p.saddr);
+	skb->mark = 0;
+
+	status = ct_lookup(&p, DIR_INGRESS, ENDPOINT_ID, &entry, &report);
+	meta.ct_status = status;
+	meta.is_reply = status == CT_REPLY;
+
+	if (status != CT_REPLY && (enforcement() & ENDPOINT_F_INGRESS_ENFORCED)) {
+		ret = policy_lookup(meta.src_identity, false, p.protocol, p.policy_port, &matched);
+		if (ret < 0 || status == CT_NEW)
+			policy_verdict(skb, &meta, ret, matched);
+		if (ret < 0)
+			return drop(skb, &meta, ret);
+	}
+	if (status == CT_NEW) {
+		ret = ct_create(&p, DIR_INGRESS, ENDPOINT_ID, meta.src_identity);
+		if (ret < 0)
+			return drop(skb, &meta, ret);
+	} else if (status == CT_ESTABLISHED) {
+		report = ct_update(entry, &p, false);
+	}
+
+	if (report)
+		trace(skb, &meta, OBS_TO_ENDPOINT);
+	count(0, DIR_INGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The pods of this node: where to deliver, and whether their policy is enforced. */
+#pragma once
+
+#include "common.h"
+
+#define ENDPOINTS_SIZE 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, ENDPOINTS_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lab_endpoints SEC(".maps");
+
+static __always_inline struct endpoint_info *endpoint_lookup(__u32 ip)
+{
+	struct endpoint_key key = { .ip = ip };
+
+	return bpf_map_lookup_elem(&lab_endpoints, &key);
+}

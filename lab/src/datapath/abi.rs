@@ -1,0 +1,291 @@
+//! The structs the datapath shares with userspace, mirrored from `bpf/lib/common.h` (the one
+//! definition). `tests/abi.rs` checks every size and field offset against the compiled object's
+//! BTF, so the two cannot drift apart.
+
+#![allow(clippy::pub_underscore_fields)]
+
+/// Reserved identities (Cilium's numbers).
+pub mod identity {
+    pub const UNKNOWN: u32 = 0;
+    pub const HOST: u32 = 1;
+    pub const WORLD: u32 = 2;
+    pub const UNMANAGED: u32 = 3;
+    pub const HEALTH: u32 = 4;
+    pub const INIT: u32 = 5;
+    pub const REMOTE_NODE: u32 = 6;
+    pub const KUBE_APISERVER: u32 = 7;
+    pub const INGRESS: u32 = 8;
+    /// The first identity for label sets.
+    pub const FIRST_LOCAL: u32 = 256;
+}
+
+pub const ENDPOINT_F_INGRESS_ENFORCED: u32 = 1;
+pub const ENDPOINT_F_EGRESS_ENFORCED: u32 = 2;
+
+pub const POLICY_PREFIX_STATIC: u32 = 40;
+pub const POLICY_PREFIX_FULL: u32 = 64;
+
+pub const EVENT_DROP: u8 = 1;
+pub const EVENT_TRACE: u8 = 4;
+pub const EVENT_POLICY_VERDICT: u8 = 5;
+
+pub const DIR_INGRESS: u8 = 1;
+pub const DIR_EGRESS: u8 = 2;
+
+pub const EVENT_SAMPLE: usize = 128;
+pub const METRICS_SIZE: u32 = 1024;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpcacheKey {
+    pub prefixlen: u32,
+    /// Network order.
+    pub ip: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpcacheEntry {
+    pub identity: u32,
+    /// Network order; 0 for local or non-pod addresses.
+    pub tunnel_endpoint: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointKey {
+    pub ip: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub ifindex: u32,
+    pub endpoint_id: u16,
+    pub node_id: u16,
+    pub identity: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub prefixlen: u32,
+    pub identity: u32,
+    pub egress: u8,
+    pub protocol: u8,
+    /// Network order.
+    pub dport: u16,
+}
+
+impl PolicyKey {
+    pub fn is_egress(&self) -> bool {
+        self.egress != 0
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyEntry {
+    pub deny: u8,
+    pub prefix_length: u8,
+    pub pad: u16,
+    pub rule: u32,
+    pub packets: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: u8,
+    pub endpoint_id: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub expires: u64,
+    pub packets: u64,
+    pub src_identity: u32,
+    pub flags: u8,
+    pub tx_flags_seen: u8,
+    pub rx_flags_seen: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub r#type: u8,
+    pub subtype: u8,
+    pub endpoint_id: u16,
+    pub node_id: u16,
+    pub direction: u8,
+    pub ct_status: u8,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub ifindex: u32,
+    pub verdict: i32,
+    pub match_type: u8,
+    pub is_reply: u8,
+    pub sample_len: u16,
+    pub packet_len: u32,
+    pub sample: [u8; EVENT_SAMPLE],
+}
+
+impl Event {
+    /// Reads an event from the ring buffer's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Event> {
+        (bytes.len() >= std::mem::size_of::<Event>())
+            // SAFETY: Event is plain old data of that size; the read is unaligned-safe.
+            .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    }
+
+    /// The packet's first bytes, from its Ethernet header on.
+    pub fn sample(&self) -> &[u8] {
+        &self.sample[..usize::from(self.sample_len).min(EVENT_SAMPLE)]
+    }
+}
+
+// SAFETY: all of these are repr(C) plain old data with no padding the kernel could leave
+// uninitialised that userspace reads as anything but bytes.
+unsafe impl aya::Pod for IpcacheKey {}
+unsafe impl aya::Pod for IpcacheEntry {}
+unsafe impl aya::Pod for EndpointKey {}
+unsafe impl aya::Pod for EndpointInfo {}
+unsafe impl aya::Pod for PolicyKey {}
+unsafe impl aya::Pod for PolicyEntry {}
+unsafe impl aya::Pod for CtKey {}
+unsafe impl aya::Pod for CtEntry {}
+unsafe impl aya::Pod for MetricsValue {}
+
+/// The Rust mirrors against the C definitions, as clang laid them out: read back from the `.BTF`
+/// section of the compiled objects.
+#[cfg(test)]
+mod layout {
+    use std::collections::HashMap;
+    use std::mem::{offset_of, size_of};
+
+    use object::{Object, ObjectSection};
+
+    use super::*;
+
+    /// A struct in BTF: its size and its members' byte offsets.
+    #[derive(Debug)]
+    struct BtfStruct {
+        size: usize,
+        members: HashMap<String, usize>,
+    }
+
+    /// The named structs of an object's BTF (<https://docs.kernel.org/bpf/btf.html>).
+    fn btf_structs(object_bytes: &[u8]) -> HashMap<String, BtfStruct> {
+        let file = object::File::parse(object_bytes).expect("an ELF object");
+        let btf = file.section_by_name(".BTF").expect("built with -g").data().expect("readable").to_vec();
+        let u32_at = |at: usize| u32::from_le_bytes(btf[at..at + 4].try_into().expect("4 bytes"));
+        assert_eq!(u16::from_le_bytes([btf[0], btf[1]]), 0xeb9f, "BTF magic");
+        let header = u32_at(4) as usize;
+        let (types, types_len) = (header + u32_at(8) as usize, u32_at(12) as usize);
+        let strings = header + u32_at(16) as usize;
+        let name = |offset: u32| {
+            let start = strings + offset as usize;
+            let end = btf[start..].iter().position(|b| *b == 0).expect("terminated") + start;
+            String::from_utf8_lossy(&btf[start..end]).into_owned()
+        };
+
+        let mut structs = HashMap::new();
+        let mut at = types;
+        while at < types + types_len {
+            let (name_offset, info, size) = (u32_at(at), u32_at(at + 4), u32_at(at + 8));
+            let (kind, vlen, kflag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
+            at += 12;
+            let extra = match kind {
+                1 | 14 | 17 => 4,
+                3 => 12,
+                4 | 5 | 15 | 19 => 12 * vlen,
+                6 | 13 => 8 * vlen,
+                _ => 0,
+            };
+            if kind == 4 && name_offset != 0 {
+                let members = (0..vlen)
+                    .map(|m| {
+                        let member = at + 12 * m;
+                        let bits = u32_at(member + 8);
+                        let bits = if kflag == 1 { bits & 0x00ff_ffff } else { bits };
+                        (name(u32_at(member)), (bits / 8) as usize)
+                    })
+                    .collect();
+                structs.insert(name(name_offset), BtfStruct { size: size as usize, members });
+            }
+            at += extra;
+        }
+        structs
+    }
+
+    macro_rules! check {
+        ($structs:expr, $c_name:literal, $rust:ty, [$($field:ident),+ $(,)?]) => {{
+            let c = $structs.get($c_name).unwrap_or_else(|| panic!("struct {} is not in the object", $c_name));
+            assert_eq!(c.size, size_of::<$rust>(), "size of struct {}", $c_name);
+            $(
+                let field = stringify!($field).trim_start_matches("r#");
+                assert_eq!(c.members.get(field), Some(&offset_of!($rust, $field)), "offset of {}.{}", $c_name, field);
+            )+
+            assert_eq!(c.members.len(), [$(stringify!($field)),+].len(), "fields of struct {}", $c_name);
+        }};
+    }
+
+    #[test]
+    fn rust_mirrors_match_the_compiled_c_structs() {
+        let structs = btf_structs(crate::datapath::loader::LXC_OBJECT);
+        check!(structs, "ipcache_key", IpcacheKey, [prefixlen, ip]);
+        check!(structs, "ipcache_entry", IpcacheEntry, [identity, tunnel_endpoint]);
+        check!(structs, "endpoint_key", EndpointKey, [ip]);
+        check!(structs, "endpoint_info", EndpointInfo, [ifindex, endpoint_id, node_id, identity, flags]);
+        check!(structs, "policy_key", PolicyKey, [prefixlen, identity, egress, protocol, dport]);
+        check!(structs, "policy_entry", PolicyEntry, [deny, prefix_length, pad, rule, packets]);
+        check!(structs, "ct_key", CtKey, [saddr, daddr, sport, dport, protocol, direction, endpoint_id]);
+        check!(
+            structs,
+            "ct_entry",
+            CtEntry,
+            [expires, packets, src_identity, flags, tx_flags_seen, rx_flags_seen, pad]
+        );
+        check!(structs, "metrics_value", MetricsValue, [packets, bytes]);
+        check!(
+            structs,
+            "event",
+            Event,
+            [
+                r#type,
+                subtype,
+                endpoint_id,
+                node_id,
+                direction,
+                ct_status,
+                src_identity,
+                dst_identity,
+                ifindex,
+                verdict,
+                match_type,
+                is_reply,
+                sample_len,
+                packet_len,
+                sample
+            ]
+        );
+        // The node object shares the maps, so it must agree too.
+        let host = btf_structs(crate::datapath::loader::HOST_OBJECT);
+        check!(host, "ipcache_entry", IpcacheEntry, [identity, tunnel_endpoint]);
+    }
+}

@@ -1,0 +1,158 @@
+//! Loading the datapath into a lab: per node, the host object on the uplink (and the tunnel
+//! device) and the node's maps; per pod, a copy of the pod object with the pod's constants and its
+//! own policy map, on both directions of its veth. Programs are attached with netlink (clsact
+//! and cls_bpf direct-action: the filters, and so the programs, stay after `lab up` exits and go
+//! with the interfaces) or as pinned TCX links; the maps stay pinned under the lab's bpffs folder.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use aya::programs::LinkOrder;
+use aya::programs::links::FdLink;
+use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use super::pins;
+use crate::net::netns;
+use crate::plan::{Plan, UPLINK_NAME, VXLAN_NAME};
+use crate::topology::{AttachMode, RoutingMode};
+
+pub(crate) static LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lab_lxc.o"));
+pub(crate) static HOST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lab_host.o"));
+
+/// Maps shared by every node of a lab, pinned in the lab's folder rather than the node's.
+const LAB_WIDE_MAPS: [&str; 2] = ["lab_events", "lab_metrics"];
+const POLICY_MAP: &str = "lab_policy";
+
+/// The magic number of a bpf filesystem (`BPF_FS_MAGIC`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Makes sure `/sys/fs/bpf` is a bpf filesystem (systemd mounts it; minimal CI machines may not)
+/// and creates the lab's folders in it.
+pub fn prepare_pins(plan: &Plan) -> Result<()> {
+    let statfs = nix::sys::statfs::statfs(BPFFS).with_context(|| format!("{BPFFS} does not exist"))?;
+    if statfs.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mounting the bpf filesystem on {BPFFS}"))?;
+    }
+    for node in &plan.nodes {
+        let dir = pins::node_dir(&plan.lab, &node.name).join("links");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The constants one pod's copy of the datapath is loaded with. They must outlive the loader,
+/// which borrows them.
+struct PodConstants {
+    ip: u32,
+    identity: u32,
+    endpoint_id: u16,
+    node_id: u16,
+    policy_pin: PathBuf,
+}
+
+/// Loads and attaches the datapath to every node and pod of `plan`. The maps must be filled
+/// (see [`super::maps`]) before traffic is expected to pass as the policy says.
+pub fn attach(plan: &Plan) -> Result<()> {
+    let pods: Vec<PodConstants> = plan
+        .pods
+        .iter()
+        .map(|pod| PodConstants {
+            ip: u32::from_ne_bytes(pod.ip.octets()),
+            identity: pod.identity,
+            endpoint_id: pod.endpoint_id,
+            node_id: plan.nodes[pod.node].id,
+            policy_pin: pins::policy(&plan.lab, &plan.nodes[pod.node].name, pod.endpoint_id),
+        })
+        .collect();
+    let node_ids: Vec<u16> = plan.nodes.iter().map(|n| n.id).collect();
+
+    // One loader for the whole lab: creating one parses the kernel's BTF (10-20 ms).
+    let mut loader = EbpfLoader::new();
+    for map in LAB_WIDE_MAPS {
+        loader.map_pin_path(map, pins::lab_dir(&plan.lab).join(map));
+    }
+
+    // Every node first: the loader keeps the globals it was given, and the pods' are not in the
+    // node object.
+    let nodes: Vec<Node> = plan
+        .nodes
+        .iter()
+        .map(|n| Ok(Node { lab: &plan.lab, name: &n.name, netns: netns::open(&n.netns)?, mode: plan.attach }))
+        .collect::<Result<_>>()?;
+    for (node, node_id) in nodes.iter().zip(&node_ids) {
+        loader.default_map_pin_directory(pins::node_dir(&plan.lab, node.name));
+        loader.override_global("NODE_ID", node_id, true);
+        let mut host =
+            loader.load(HOST_OBJECT).with_context(|| format!("loading the datapath of node {}", node.name))?;
+        node.attach(&mut host, "from_netdev", UPLINK_NAME, TcAttachType::Ingress)?;
+        if plan.routing_mode == RoutingMode::Tunnel {
+            node.attach(&mut host, "from_overlay", VXLAN_NAME, TcAttachType::Ingress)?;
+            node.attach(&mut host, "to_overlay", VXLAN_NAME, TcAttachType::Egress)?;
+        }
+    }
+
+    for (pod, constants) in plan.pods.iter().zip(&pods) {
+        let node = &nodes[pod.node];
+        loader
+            .default_map_pin_directory(pins::node_dir(&plan.lab, node.name))
+            .override_global("ENDPOINT_IP", &constants.ip, true)
+            .override_global("ENDPOINT_IDENTITY", &constants.identity, true)
+            .override_global("ENDPOINT_ID", &constants.endpoint_id, true)
+            .override_global("NODE_ID", &constants.node_id, true)
+            .map_pin_path(POLICY_MAP, constants.policy_pin.as_path());
+        let mut lxc = loader.load(LXC_OBJECT).with_context(|| format!("loading the datapath of pod {}", pod.id()))?;
+        node.attach(&mut lxc, "from_container", &pod.host_ifname, TcAttachType::Ingress)?;
+        node.attach(&mut lxc, "to_container", &pod.host_ifname, TcAttachType::Egress)?;
+    }
+    Ok(())
+}
+
+/// Where programs go on one node, and how they are attached.
+struct Node<'a> {
+    lab: &'a str,
+    name: &'a str,
+    netns: File,
+    mode: AttachMode,
+}
+
+impl Node<'_> {
+    /// Attaches `program` of `ebpf` to `interface` and leaves it there after this process exits:
+    /// a netlink filter holds its program until the interface goes; a TCX link is pinned.
+    fn attach(&self, ebpf: &mut Ebpf, program: &str, interface: &str, direction: TcAttachType) -> Result<()> {
+        let classifier: &mut SchedClassifier = ebpf
+            .program_mut(program)
+            .with_context(|| format!("no program {program} in the datapath object"))?
+            .try_into()?;
+        if classifier.fd().is_err() {
+            classifier.load().map_err(|e| anyhow::anyhow!("the kernel refused {program}: {e:#}"))?;
+        }
+        let options = match self.mode {
+            AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
+            AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        };
+        // aya resolves the interface and talks netlink in the calling thread's namespace.
+        let link = netns::run_in(&self.netns, || -> Result<_> {
+            if self.mode == AttachMode::Netlink && direction == TcAttachType::Ingress {
+                tc::qdisc_add_clsact(interface).with_context(|| format!("adding the clsact qdisc to {interface}"))?;
+            }
+            let id = classifier
+                .attach_with_options(interface, direction, options)
+                .with_context(|| format!("attaching {program} to {interface} ({:?})", self.mode))?;
+            Ok(classifier.take_link(id)?)
+        })??;
+        match self.mode {
+            // Dropping the link would detach the filter; it stays as long as the interface.
+            AttachMode::Netlink => std::mem::forget(link),
+            AttachMode::Tcx => {
+                let side = if direction == TcAttachType::Ingress { "ingress" } else { "egress" };
+                let path = pins::link(self.lab, self.name, interface, side);
+                FdLink::try_from(link)?.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}

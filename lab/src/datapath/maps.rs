@@ -1,0 +1,177 @@
+//! What the datapath's maps hold, computed from the plan (pure), and written into a lab's pinned
+//! maps.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, Map, MapData};
+
+use super::abi::{self, EndpointInfo, EndpointKey, IpcacheEntry, PolicyEntry, PolicyKey, identity};
+use super::pins;
+use crate::plan::Plan;
+
+/// An IPv4 address as the datapath stores it (network order in memory).
+pub fn ipv4(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// The ipcache of node `node` (an index into the plan's nodes): every pod, with the node that
+/// hosts it when that is another node; this node's own addresses as `host`, other nodes' as
+/// `remote-node`. Anything else misses, and a miss is `world`.
+pub fn ipcache(plan: &Plan, node: usize) -> BTreeMap<Ipv4Addr, IpcacheEntry> {
+    let mut entries = BTreeMap::new();
+    for (i, n) in plan.nodes.iter().enumerate() {
+        let id = if i == node { identity::HOST } else { identity::REMOTE_NODE };
+        for ip in [n.ip.addr(), n.router_ip] {
+            entries.insert(ip, IpcacheEntry { identity: id, tunnel_endpoint: 0 });
+        }
+    }
+    for pod in &plan.pods {
+        let tunnel_endpoint = if pod.node == node { 0 } else { ipv4(plan.nodes[pod.node].ip.addr()) };
+        entries.insert(pod.ip, IpcacheEntry { identity: pod.identity, tunnel_endpoint });
+    }
+    entries
+}
+
+/// The endpoints of node `node`, with their enforcement flags.
+pub fn endpoints(plan: &Plan, node: usize, flags: impl Fn(usize) -> u32) -> BTreeMap<Ipv4Addr, EndpointInfo> {
+    plan.pods
+        .iter()
+        .enumerate()
+        .filter(|(_, pod)| pod.node == node)
+        .map(|(i, pod)| {
+            let info = EndpointInfo {
+                ifindex: pod.host_ifindex,
+                endpoint_id: pod.endpoint_id,
+                node_id: plan.nodes[node].id,
+                identity: pod.identity,
+                flags: flags(i),
+            };
+            (pod.ip, info)
+        })
+        .collect()
+}
+
+fn open(path: &std::path::Path) -> Result<MapData> {
+    MapData::from_pin(path).with_context(|| format!("opening the pinned map {}", path.display()))
+}
+
+/// The bytes of a policy key after its prefix length: what the LPM trie compares.
+fn policy_bits(key: &PolicyKey) -> Key<[u8; 8]> {
+    let mut bits = [0u8; 8];
+    bits[..4].copy_from_slice(&key.identity.to_ne_bytes());
+    bits[4] = key.egress;
+    bits[5] = key.protocol;
+    bits[6..].copy_from_slice(&key.dport.to_ne_bytes());
+    Key::new(key.prefixlen, bits)
+}
+
+/// Writes the ipcache and endpoints of every node. `flags(pod index)` gives each endpoint's
+/// enforcement.
+pub fn fill_nodes(plan: &Plan, flags: impl Fn(usize) -> u32) -> Result<()> {
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let mut cache: LpmTrie<MapData, u32, IpcacheEntry> =
+            LpmTrie::try_from(Map::LpmTrie(open(&pins::node_map(&plan.lab, &node.name, "lab_ipcache"))?))?;
+        for (ip, entry) in ipcache(plan, i) {
+            cache.insert(&Key::new(32, ipv4(ip)), entry, 0).with_context(|| format!("ipcache entry for {ip}"))?;
+        }
+        let mut endpoint_map: HashMap<MapData, EndpointKey, EndpointInfo> =
+            HashMap::try_from(Map::HashMap(open(&pins::node_map(&plan.lab, &node.name, "lab_endpoints"))?))?;
+        for (ip, info) in endpoints(plan, i, &flags) {
+            endpoint_map.insert(EndpointKey { ip: ipv4(ip) }, info, 0).with_context(|| format!("endpoint {ip}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The ipcache of node `node` as the kernel holds it.
+pub fn read_ipcache(plan: &Plan, node: usize) -> Result<BTreeMap<Ipv4Addr, IpcacheEntry>> {
+    let path = pins::node_map(&plan.lab, &plan.nodes[node].name, "lab_ipcache");
+    let cache: LpmTrie<MapData, u32, IpcacheEntry> = LpmTrie::try_from(Map::LpmTrie(open(&path)?))?;
+    cache
+        .iter()
+        .map(|item| item.map(|(k, e)| (Ipv4Addr::from(k.data().to_ne_bytes()), e)).map_err(Into::into))
+        .collect()
+}
+
+fn policy_map(plan: &Plan, pod: usize) -> Result<LpmTrie<MapData, [u8; 8], PolicyEntry>> {
+    let p = &plan.pods[pod];
+    let path = pins::policy(&plan.lab, &plan.nodes[p.node].name, p.endpoint_id);
+    Ok(LpmTrie::try_from(Map::LpmTrie(open(&path)?))?)
+}
+
+fn policy_key(bits: &Key<[u8; 8]>) -> PolicyKey {
+    let data = bits.data();
+    PolicyKey {
+        prefixlen: bits.prefix_len(),
+        identity: u32::from_ne_bytes(data[..4].try_into().expect("4 bytes")),
+        egress: data[4],
+        protocol: data[5],
+        dport: u16::from_ne_bytes([data[6], data[7]]),
+    }
+}
+
+/// The policy map of pod `pod` as the kernel holds it, counters included.
+pub fn read_policy(plan: &Plan, pod: usize) -> Result<BTreeMap<PolicyKey, PolicyEntry>> {
+    policy_map(plan, pod)?.iter().map(|item| item.map(|(k, e)| (policy_key(&k), e)).map_err(Into::into)).collect()
+}
+
+/// Makes the policy map of pod `pod` hold exactly `entries`: new and changed entries are
+/// written, entries no longer wanted removed, unchanged ones (and their counters) kept.
+pub fn sync_policy(plan: &Plan, pod: usize, entries: &BTreeMap<PolicyKey, PolicyEntry>) -> Result<()> {
+    let present = read_policy(plan, pod)?;
+    let mut map = policy_map(plan, pod)?;
+    for (key, entry) in &present {
+        if !entries.get(key).is_some_and(|want| same_rule(want, entry)) {
+            map.remove(&policy_bits(key))?;
+        }
+    }
+    for (key, entry) in entries {
+        if !present.get(key).is_some_and(|have| same_rule(entry, have)) {
+            map.insert(&policy_bits(key), *entry, 0)
+                .with_context(|| format!("policy of pod {}", plan.pods[pod].id()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Equal but for the counter.
+fn same_rule(a: &PolicyEntry, b: &PolicyEntry) -> bool {
+    (a.deny, a.prefix_length, a.rule) == (b.deny, b.prefix_length, b.rule)
+}
+
+/// Sums the per-CPU metrics: (drop reason or 0, direction) → (packets, bytes).
+pub fn read_metrics(lab: &str) -> Result<BTreeMap<(u8, u8), abi::MetricsValue>> {
+    let map: aya::maps::PerCpuArray<MapData, abi::MetricsValue> =
+        aya::maps::PerCpuArray::try_from(Map::PerCpuArray(open(&pins::metrics(lab))?))?;
+    let mut sums = BTreeMap::new();
+    for index in 0..abi::METRICS_SIZE {
+        let per_cpu = map.get(&index, 0)?;
+        let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+        if packets > 0 {
+            sums.insert(((index >> 2) as u8, (index & 3) as u8), abi::MetricsValue { packets, bytes });
+        }
+    }
+    Ok(sums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::load_str;
+
+    #[test]
+    fn the_ipcache_knows_pods_nodes_and_where_remote_pods_live() {
+        let text = "name: t\nnodes: [{name: a}, {name: b}]\npods: [{name: x, node: a}, {name: y, node: b}]\n";
+        let plan = Plan::new(&load_str(std::path::Path::new("t.yaml"), text).unwrap().topology, "t");
+        let on_a = ipcache(&plan, 0);
+        let (x, y) = (&plan.pods[0], &plan.pods[1]);
+        assert_eq!(on_a[&x.ip], IpcacheEntry { identity: x.identity, tunnel_endpoint: 0 });
+        assert_eq!(on_a[&y.ip], IpcacheEntry { identity: y.identity, tunnel_endpoint: ipv4(plan.nodes[1].ip.addr()) });
+        assert_eq!(on_a[&plan.nodes[0].ip.addr()].identity, identity::HOST);
+        assert_eq!(on_a[&plan.nodes[1].router_ip].identity, identity::REMOTE_NODE);
+        assert_eq!(endpoints(&plan, 1, |_| 3).len(), 1);
+    }
+}
