@@ -42,6 +42,8 @@ pub struct Plan {
     pub routing_mode: RoutingMode,
     pub attach: AttachMode,
     pub mtu: u32,
+    /// Entries of each endpoint's policy map.
+    pub policy_map_size: u32,
     /// Every identity in use, reserved ones included, with its identity-relevant labels.
     pub identities: BTreeMap<u32, Labels>,
     pub fabric: FabricPlan,
@@ -398,6 +400,7 @@ impl Plan {
             routing_mode: cluster.routing_mode,
             attach: cluster.attach,
             mtu: cluster.mtu,
+            policy_map_size: cluster.policy_map_size,
             identities,
             fabric: FabricPlan {
                 netns: format!("{prefix}fabric"),

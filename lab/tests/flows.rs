@@ -85,7 +85,8 @@ fn allowed_and_denied_connections_make_hubble_flows() {
     assert_endpoint(&verdict["source"], y_c, true); // y/c is local to node-a too
     assert_endpoint(&verdict["destination"], x_a, true);
     assert_tcp_syn(&verdict, 80);
-    let delivered = flow_where(&lab.name, &plan, "y/c", "x/a", |f| is(f, 4, None) && f["l4"]["TCP"]["flags"]["SYN"] == true);
+    let delivered =
+        flow_where(&lab.name, &plan, "y/c", "x/a", |f| is(f, 4, None) && f["l4"]["TCP"]["flags"]["SYN"] == true);
     assert_eq!(delivered["verdict"], "FORWARDED");
     assert_eq!(delivered["trace_observation_point"], "TO_ENDPOINT");
     assert_eq!(delivered["trace_reason"], "NEW");
@@ -169,4 +170,32 @@ fn drop_counters_agree_with_drop_flows() {
     let counts = counted();
     assert!(counts.get(&133).copied().unwrap_or(0) >= 4 && counts.get(&181).copied().unwrap_or(0) >= 2, "{counts:?}");
     assert_eq!(flowed(), counts);
+}
+
+/// Traffic from a node is `host` (1) to the pods on that node and `remote-node` (6) to pods on
+/// other nodes; from outside the cluster it is `world` (2). x/a allows none of them, so each
+/// leaves a drop flow naming the identity it was judged by.
+#[test]
+fn nodes_and_the_world_have_reserved_identities() {
+    let lab = Lab::up(&topology("datapath/policy-basics.yaml"), "reserved");
+    let plan = lab.plan();
+    let x_a = pod(&plan, "x/a");
+    let own_node = &plan.nodes[x_a.node];
+    let other_node = plan.nodes.iter().find(|n| n.name != own_node.name).unwrap();
+    let external = &plan.externals[0];
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (netns, expected) in [(&own_node.netns, 1), (&other_node.netns, 6), (&external.netns, 2)] {
+        let file = lab::net::netns::open(netns).unwrap();
+        let outcome = runtime.block_on(lab::probe::probe(&file, x_a.ip, Kind::Tcp(80), Duration::from_millis(300)));
+        assert_eq!(outcome, Outcome::Timeout, "x/a does not accept {netns}");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !flows(&lab.name).iter().any(|f| is(f, 1, Some(133)) && f["source"]["identity"] == expected) {
+            assert!(
+                Instant::now() < deadline,
+                "no drop flow from identity {expected} ({netns}): {:#?}",
+                flows(&lab.name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
     let plan = Plan::new(&loaded.topology, name);
     // Policies are compiled before anything is created: a policy that is wrong or does not fit
     // changes nothing on the host.
-    let options = policy::Options::default();
+    let options = policy::Options { max_entries: plan.policy_map_size as usize };
     let compiled = match policy::compile(&loaded.resources, &datapath::endpoints(&plan), &plan.identities, &options) {
         Ok(compiled) => compiled,
         Err(PolicyError::Invalid(diagnostics)) => return Err(TopologyError { diagnostics }.into()),

@@ -72,6 +72,7 @@ pub fn attach(plan: &Plan) -> Result<()> {
 
     // One loader for the whole lab: creating one parses the kernel's BTF (10-20 ms).
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(POLICY_MAP, plan.policy_map_size);
     for map in LAB_WIDE_MAPS {
         loader.map_pin_path(map, pins::lab_dir(&plan.lab).join(map));
     }

@@ -77,6 +77,10 @@ pub struct Cluster {
     /// links, kernel 6.6 and later).
     #[serde(default)]
     pub attach: AttachMode,
+    /// Entries of each endpoint's policy map (Cilium's `--bpf-policy-map-max`): 256 to 65,536.
+    /// A policy that does not fit is refused, never applied in part.
+    #[serde(default = "Cluster::default_policy_map_size")]
+    pub policy_map_size: u32,
     /// Which labels make a pod's identity, in Cilium's `--labels` syntax: `k8s:app` includes,
     /// `!k8s:version` excludes. By default, Cilium's default label filter.
     #[serde(default)]
@@ -96,6 +100,9 @@ impl Cluster {
     fn default_mtu() -> u32 {
         1500
     }
+    fn default_policy_map_size() -> u32 {
+        16384
+    }
 }
 
 impl Default for Cluster {
@@ -107,6 +114,7 @@ impl Default for Cluster {
             routing_mode: RoutingMode::default(),
             mtu: Self::default_mtu(),
             attach: AttachMode::default(),
+            policy_map_size: Self::default_policy_map_size(),
             identity_labels: Vec::new(),
         }
     }

@@ -134,6 +134,9 @@ fn check_cluster(findings: &mut Findings, topology: &Topology) -> bool {
         );
         ok = false;
     }
+    if !(256..=65536).contains(&cluster.policy_map_size) {
+        findings.error("cluster.policyMapSize", format!("{} is out of range 256-65536", cluster.policy_map_size));
+    }
     if !(1280..=9000).contains(&cluster.mtu) {
         findings.error("cluster.mtu", format!("{} is out of range 1280-9000", cluster.mtu));
     }
