@@ -39,9 +39,7 @@ int to_overlay(struct __sk_buff *skb)
 		return drop(skb, &meta, ret);
 
 	/* A pod's program marked its packets; the node's own carry the host identity. */
-	meta.src_identity = identity_from_mark(skb->mark);
-	if (meta.src_identity == ID_UNKNOWN)
-		meta.src_identity = identity_of(p.saddr);
+	meta.src_identity = sender_identity(skb, p.saddr);
 	destination = ipcache_lookup(p.daddr);
 	if (!destination || !destination->tunnel_endpoint) {
 		meta.dst_identity = destination ? destination->identity : ID_WORLD;

@@ -25,6 +25,61 @@ static __always_inline __u32 enforcement(void)
 	return self ? self->flags : 0;
 }
 
+/* ARP passes untouched and anything but IPv4 is dropped; an IPv4 packet is parsed into `p`.
+ * Returns TC_ACT_UNSPEC to go on, or the verdict. */
+static __always_inline int admit_ipv4(struct __sk_buff *skb, struct packet *p, struct event_meta *meta)
+{
+	__u16 proto = ethertype(skb);
+	int ret;
+
+	if (proto == ETH_P_ARP)
+		return TC_ACT_OK;
+	if (proto != ETH_P_IP)
+		return drop(skb, meta, -DROP_UNKNOWN_L3);
+	ret = parse_ipv4(skb, p);
+	if (ret < 0)
+		return drop(skb, meta, ret);
+	return TC_ACT_UNSPEC;
+}
+
+/* Conntrack and policy for one packet in one direction of this endpoint, Cilium's order:
+ * replies of a connection pass without a policy lookup; everything else, established
+ * connections included, is checked on every packet, so a removed allow cuts a live connection
+ * at its next packet. A verdict event goes out for every drop and every new connection; a
+ * denied packet creates no conntrack entry. Returns TC_ACT_UNSPEC to go on (with `report` set
+ * when a trace is due), or the verdict. */
+static __always_inline int enforce(struct __sk_buff *skb, const struct packet *p, struct event_meta *meta,
+				   __u32 remote_identity, bool *report)
+{
+	bool egress = meta->direction == DIR_EGRESS;
+	__u32 enforced = egress ? ENDPOINT_F_EGRESS_ENFORCED : ENDPOINT_F_INGRESS_ENFORCED;
+	struct ct_entry *entry;
+	__u8 matched = MATCH_NONE;
+	int ret, status;
+
+	status = ct_lookup(p, meta->direction, ENDPOINT_ID, &entry, report);
+	meta->ct_status = status;
+	meta->is_reply = status == CT_REPLY;
+	if (status == CT_REPLY)
+		return TC_ACT_UNSPEC;
+
+	if (enforcement() & enforced) {
+		ret = policy_lookup(remote_identity, egress, p->protocol, p->policy_port, &matched);
+		if (ret < 0 || status == CT_NEW)
+			policy_verdict(skb, meta, ret, matched);
+		if (ret < 0)
+			return drop(skb, meta, ret);
+	}
+	if (status == CT_NEW) {
+		ret = ct_create(p, meta->direction, ENDPOINT_ID, meta->src_identity);
+		if (ret < 0)
+			return drop(skb, meta, ret);
+	} else {
+		*report = ct_update(entry, p, false);
+	}
+	return TC_ACT_UNSPEC;
+}
+
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
 {
@@ -35,45 +90,20 @@ int from_container(struct __sk_buff *skb)
 		.src_identity = ENDPOINT_IDENTITY,
 	};
 	struct packet p;
-	struct ct_entry *entry;
 	bool report = false;
-	__u16 proto = ethertype(skb);
-	int ret, status;
-	__u8 matched = MATCH_NONE;
+	int ret;
 
-	if (proto == ETH_P_ARP)
-		return TC_ACT_OK;
-	if (proto != ETH_P_IP)
-		return drop(skb, &meta, -DROP_UNKNOWN_L3);
-	ret = parse_ipv4(skb, &p);
-	if (ret < 0)
-		return drop(skb, &meta, ret);
+	ret = admit_ipv4(skb, &p, &meta);
+	if (ret != TC_ACT_UNSPEC)
+		return ret;
 	/* A pod may only send from its own address. */
 	if (p.saddr != ENDPOINT_IP)
 		return drop(skb, &meta, -DROP_INVALID_SIP);
 
 	meta.dst_identity = identity_of(p.daddr);
-	status = ct_lookup(&p, DIR_EGRESS, ENDPOINT_ID, &entry, &report);
-	meta.ct_status = status;
-	meta.is_reply = status == CT_REPLY;
-
-	/* Replies of a connection the pod accepted pass without a policy lookup. Everything else,
-	 * established connections included, is checked on every packet, so a removed allow cuts
-	 * a live connection at its next packet. */
-	if (status != CT_REPLY && (enforcement() & ENDPOINT_F_EGRESS_ENFORCED)) {
-		ret = policy_lookup(meta.dst_identity, true, p.protocol, p.policy_port, &matched);
-		if (ret < 0 || status == CT_NEW)
-			policy_verdict(skb, &meta, ret, matched);
-		if (ret < 0)
-			return drop(skb, &meta, ret);
-	}
-	if (status == CT_NEW) {
-		ret = ct_create(&p, DIR_EGRESS, ENDPOINT_ID, ENDPOINT_IDENTITY);
-		if (ret < 0)
-			return drop(skb, &meta, ret);
-	} else if (status == CT_ESTABLISHED) {
-		report = ct_update(entry, &p, false);
-	}
+	ret = enforce(skb, &p, &meta, meta.dst_identity, &report);
+	if (ret != TC_ACT_UNSPEC)
+		return ret;
 
 	/* A local destination traces its delivery in its own to_container. */
 	if (report && !endpoint_lookup(p.daddr))
@@ -93,45 +123,20 @@ int to_container(struct __sk_buff *skb)
 		.dst_identity = ENDPOINT_IDENTITY,
 	};
 	struct packet p;
-	struct ct_entry *entry;
 	bool report = false;
-	__u16 proto = ethertype(skb);
-	int ret, status;
-	__u8 matched = MATCH_NONE;
+	int ret;
 
-	if (proto == ETH_P_ARP)
-		return TC_ACT_OK;
-	if (proto != ETH_P_IP)
-		return drop(skb, &meta, -DROP_UNKNOWN_L3);
-	ret = parse_ipv4(skb, &p);
-	if (ret < 0)
-		return drop(skb, &meta, ret);
-
+	ret = admit_ipv4(skb, &p, &meta);
+	if (ret != TC_ACT_UNSPEC)
+		return ret;
 	/* The sender's identity came with the packet (its pod's program, or the node's uplink or
 	 * tunnel, marked it); unmarked traffic was sent by this node itself. */
-	meta.src_identity = identity_from_mark(skb->mark);
-	if (meta.src_identity == ID_UNKNOWN)
-		meta.src_identity = identity_of(p.saddr);
+	meta.src_identity = sender_identity(skb, p.saddr);
 	skb->mark = 0;
 
-	status = ct_lookup(&p, DIR_INGRESS, ENDPOINT_ID, &entry, &report);
-	meta.ct_status = status;
-	meta.is_reply = status == CT_REPLY;
-
-	if (status != CT_REPLY && (enforcement() & ENDPOINT_F_INGRESS_ENFORCED)) {
-		ret = policy_lookup(meta.src_identity, false, p.protocol, p.policy_port, &matched);
-		if (ret < 0 || status == CT_NEW)
-			policy_verdict(skb, &meta, ret, matched);
-		if (ret < 0)
-			return drop(skb, &meta, ret);
-	}
-	if (status == CT_NEW) {
-		ret = ct_create(&p, DIR_INGRESS, ENDPOINT_ID, meta.src_identity);
-		if (ret < 0)
-			return drop(skb, &meta, ret);
-	} else if (status == CT_ESTABLISHED) {
-		report = ct_update(entry, &p, false);
-	}
+	ret = enforce(skb, &p, &meta, meta.src_identity, &report);
+	if (ret != TC_ACT_UNSPEC)
+		return ret;
 
 	if (report)
 		trace(skb, &meta, OBS_TO_ENDPOINT);

@@ -39,3 +39,12 @@ static __always_inline void set_identity_mark(struct __sk_buff *skb, __u32 ident
 {
 	skb->mark = (identity << 16) | MARK_MAGIC_IDENTITY;
 }
+
+/* The sender of a packet arriving at a node's program: the identity a program put in the mark
+ * on the way here, else the ipcache's (a packet the node itself sent carries no mark). */
+static __always_inline __u32 sender_identity(struct __sk_buff *skb, __u32 saddr)
+{
+	__u32 identity = identity_from_mark(skb->mark);
+
+	return identity != ID_UNKNOWN ? identity : identity_of(saddr);
+}

@@ -20,48 +20,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use crate::datapath::abi::{ct, match_type, obs};
+
 use etherparse::{LaxPacketHeaders, LinkHeader, NetHeaders, TransportHeader};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::datapath::abi::{self, Event};
 use crate::plan::{self, Plan};
-
-/// Trace observation points: the subtype of trace events (Cilium's `pkg/monitor/api`).
-pub mod obs {
-    pub const TO_ENDPOINT: u8 = 0;
-    pub const TO_PROXY: u8 = 1;
-    pub const TO_HOST: u8 = 2;
-    pub const TO_STACK: u8 = 3;
-    pub const TO_OVERLAY: u8 = 4;
-    pub const FROM_ENDPOINT: u8 = 5;
-    pub const FROM_PROXY: u8 = 6;
-    pub const FROM_HOST: u8 = 7;
-    pub const FROM_STACK: u8 = 8;
-    pub const FROM_OVERLAY: u8 = 9;
-    pub const FROM_NETWORK: u8 = 10;
-    pub const TO_NETWORK: u8 = 11;
-    pub const FROM_CRYPTO: u8 = 12;
-    pub const TO_CRYPTO: u8 = 13;
-}
-
-/// Conntrack results of an event, numbered as Hubble's `TraceReason`.
-pub mod ct {
-    pub const NEW: u8 = 1;
-    pub const ESTABLISHED: u8 = 2;
-    pub const REPLY: u8 = 3;
-    pub const RELATED: u8 = 4;
-}
-
-/// Policy match types of verdict events (Cilium's `POLICY_MATCH_*`).
-pub mod match_type {
-    pub const NONE: u8 = 0;
-    pub const L3_ONLY: u8 = 1;
-    pub const L3_L4: u8 = 2;
-    pub const L4_ONLY: u8 = 3;
-    pub const ALL: u8 = 4;
-    pub const L3_PROTO: u8 = 5;
-    pub const PROTO_ONLY: u8 = 6;
-}
 
 /// The drop reasons: code, `flow.proto` `DropReason` name, and the text `cilium monitor` and
 /// Hubble's compact output print (`pkg/monitor/api/drop.go`).

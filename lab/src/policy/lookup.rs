@@ -8,20 +8,8 @@ use crate::datapath::abi::{POLICY_PREFIX_FULL, PolicyEntry, PolicyKey};
 
 use super::EndpointPolicy;
 
-/// Drop reasons (bpf/lib/common.h).
-pub const DROP_POLICY: u8 = 133;
-pub const DROP_POLICY_DENY: u8 = 181;
-
-/// Policy match types of verdict events (bpf/lib/common.h, Cilium's POLICY_MATCH_*).
-pub mod match_type {
-    pub const NONE: u8 = 0;
-    pub const L3_ONLY: u8 = 1;
-    pub const L3_L4: u8 = 2;
-    pub const L4_ONLY: u8 = 3;
-    pub const ALL: u8 = 4;
-    pub const L3_PROTO: u8 = 5;
-    pub const PROTO_ONLY: u8 = 6;
-}
+pub use crate::datapath::abi::drop::{POLICY as DROP_POLICY, POLICY_DENY as DROP_POLICY_DENY};
+pub use crate::datapath::abi::match_type;
 
 /// What the datapath does with the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
