@@ -12,17 +12,19 @@
 #include "lib/events.h"
 #include "lib/metrics.h"
 
-/* Set by the loader for each pod. */
+/* Set by the loader for each pod. The pod's identity and enforcement are not constants: they
+ * live in its endpoints entry, so relabelling a pod or changing its policy is a map write. */
 volatile const __u32 ENDPOINT_IP; /* network order */
-volatile const __u32 ENDPOINT_IDENTITY;
 volatile const __u16 ENDPOINT_ID;
 volatile const __u16 NODE_ID;
 
-static __always_inline __u32 enforcement(void)
+/* This pod's entry; a pod whose entry is not written yet is treated as not yet known (init). */
+static __always_inline struct endpoint_info self_info(void)
 {
 	struct endpoint_info *self = endpoint_lookup(ENDPOINT_IP);
+	struct endpoint_info none = { .identity = ID_INIT };
 
-	return self ? self->flags : 0;
+	return self ? *self : none;
 }
 
 /* ARP passes untouched and anything but IPv4 is dropped; an IPv4 packet is parsed into `p`.
@@ -49,7 +51,7 @@ static __always_inline int admit_ipv4(struct __sk_buff *skb, struct packet *p, s
  * denied packet creates no conntrack entry. Returns TC_ACT_UNSPEC to go on (with `report` set
  * when a trace is due), or the verdict. */
 static __always_inline int enforce(struct __sk_buff *skb, const struct packet *p, struct event_meta *meta,
-				   __u32 remote_identity, bool *report)
+				   __u32 flags, __u32 remote_identity, bool *report)
 {
 	bool egress = meta->direction == DIR_EGRESS;
 	__u32 enforced = egress ? ENDPOINT_F_EGRESS_ENFORCED : ENDPOINT_F_INGRESS_ENFORCED;
@@ -63,7 +65,7 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct packet *p
 	if (status == CT_REPLY)
 		return TC_ACT_UNSPEC;
 
-	if (enforcement() & enforced) {
+	if (flags & enforced) {
 		ret = policy_lookup(remote_identity, egress, p->protocol, p->policy_port, &matched);
 		if (ret < 0 || status == CT_NEW)
 			policy_verdict(skb, meta, ret, matched);
@@ -83,11 +85,12 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct packet *p
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
 {
+	struct endpoint_info self = self_info();
 	struct event_meta meta = {
 		.endpoint_id = ENDPOINT_ID,
 		.node_id = NODE_ID,
 		.direction = DIR_EGRESS,
-		.src_identity = ENDPOINT_IDENTITY,
+		.src_identity = self.identity,
 	};
 	struct packet p;
 	bool report = false;
@@ -101,14 +104,14 @@ int from_container(struct __sk_buff *skb)
 		return drop(skb, &meta, -DROP_INVALID_SIP);
 
 	meta.dst_identity = identity_of(p.daddr);
-	ret = enforce(skb, &p, &meta, meta.dst_identity, &report);
+	ret = enforce(skb, &p, &meta, self.flags, meta.dst_identity, &report);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 
 	/* A local destination traces its delivery in its own to_container. */
 	if (report && !endpoint_lookup(p.daddr))
 		trace(skb, &meta, OBS_TO_STACK);
-	set_identity_mark(skb, ENDPOINT_IDENTITY);
+	set_identity_mark(skb, self.identity);
 	count(0, DIR_EGRESS, skb->len);
 	return TC_ACT_OK;
 }
@@ -116,11 +119,12 @@ int from_container(struct __sk_buff *skb)
 SEC("classifier")
 int to_container(struct __sk_buff *skb)
 {
+	struct endpoint_info self = self_info();
 	struct event_meta meta = {
 		.endpoint_id = ENDPOINT_ID,
 		.node_id = NODE_ID,
 		.direction = DIR_INGRESS,
-		.dst_identity = ENDPOINT_IDENTITY,
+		.dst_identity = self.identity,
 	};
 	struct packet p;
 	bool report = false;
@@ -134,7 +138,7 @@ int to_container(struct __sk_buff *skb)
 	meta.src_identity = sender_identity(skb, p.saddr);
 	skb->mark = 0;
 
-	ret = enforce(skb, &p, &meta, meta.src_identity, &report);
+	ret = enforce(skb, &p, &meta, self.flags, meta.src_identity, &report);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 

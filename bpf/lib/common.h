@@ -19,6 +19,7 @@
 #define ID_HOST 1
 #define ID_WORLD 2
 #define ID_UNMANAGED 3
+#define ID_INIT 5
 #define ID_REMOTE_NODE 6
 
 /* Drop reasons (bpf/lib/drop_reasons.h); programs return them negated. */

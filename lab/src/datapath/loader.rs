@@ -48,7 +48,6 @@ pub fn prepare_pins(plan: &Plan) -> Result<()> {
 /// which borrows them.
 struct PodConstants {
     ip: u32,
-    identity: u32,
     endpoint_id: u16,
     node_id: u16,
     policy_pin: PathBuf,
@@ -62,7 +61,6 @@ pub fn attach(plan: &Plan) -> Result<()> {
         .iter()
         .map(|pod| PodConstants {
             ip: u32::from_ne_bytes(pod.ip.octets()),
-            identity: pod.identity,
             endpoint_id: pod.endpoint_id,
             node_id: plan.nodes[pod.node].id,
             policy_pin: pins::policy(&plan.lab, &plan.nodes[pod.node].name, pod.endpoint_id),
@@ -101,7 +99,6 @@ pub fn attach(plan: &Plan) -> Result<()> {
         loader
             .default_map_pin_directory(pins::node_dir(&plan.lab, node.name))
             .override_global("ENDPOINT_IP", &constants.ip, true)
-            .override_global("ENDPOINT_IDENTITY", &constants.identity, true)
             .override_global("ENDPOINT_ID", &constants.endpoint_id, true)
             .override_global("NODE_ID", &constants.node_id, true)
             .map_pin_path(POLICY_MAP, constants.policy_pin.as_path());
