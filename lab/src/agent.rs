@@ -33,7 +33,11 @@ const SUBCOMMAND: &str = "agent";
 
 /// Starts the agent of `lab` and returns once it serves every port, or with its error.
 pub fn spawn(lab: &LabDir) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the lab executable")?;
+    // `LAB_BINARY` names the lab executable when this code runs inside another program (a test).
+    let exe = match std::env::var_os("LAB_BINARY") {
+        Some(binary) => binary.into(),
+        None => std::env::current_exe().context("finding the lab executable")?,
+    };
     let log = File::create(lab.log_path()).with_context(|| format!("creating {}", lab.log_path().display()))?;
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
     let ready_write_fd = ready_write.as_raw_fd();
@@ -89,6 +93,13 @@ pub fn stop(name: &str) -> Result<usize> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(pids.len())
+}
+
+/// Tells the agent of `name` that the lab's plan changed.
+pub fn reload(name: &str) {
+    for pid in find(name) {
+        let _ = kill(pid, Signal::SIGHUP);
+    }
 }
 
 /// Running (not zombie) processes whose command line is `<lab> agent <name>`.
@@ -223,12 +234,23 @@ async fn consume_events(lab: &LabDir, plan: &Plan) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("polling the ring buffer")?;
-    let context = FlowContext::new(plan);
+    let mut context = FlowContext::new(plan);
+    // `lab apply` changes identities and labels; it signals the agent to read the plan again.
+    let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let path = lab.flows_path();
     let mut log = FlowLog::open(&path, FLOW_LOG_LIMIT).with_context(|| format!("opening {}", path.display()))?;
     eprintln!("lab agent for `{}`: recording flows in {}", lab.name, path.display());
     loop {
-        let mut guard = ring.readable_mut().await.context("waiting on the ring buffer")?;
+        let mut guard = tokio::select! {
+            _ = reload.recv() => {
+                match lab.read_plan() {
+                    Ok(plan) => context = FlowContext::new(&plan),
+                    Err(e) => eprintln!("lab agent for `{}`: keeping the old plan: {e:#}", lab.name),
+                }
+                continue;
+            }
+            guard = ring.readable_mut() => guard.context("waiting on the ring buffer")?,
+        };
         // Cleared before draining, so an event submitted meanwhile wakes the next wait.
         guard.clear_ready();
         let ring = guard.get_inner_mut();

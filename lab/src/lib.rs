@@ -7,9 +7,11 @@
 pub mod agent;
 pub mod bench;
 pub mod cmd;
+pub mod conformance;
 pub mod datapath;
 pub mod flow;
 pub mod identity;
+pub mod live;
 pub mod net;
 pub mod plan;
 pub mod policy;

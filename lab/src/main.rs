@@ -88,6 +88,10 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Apply policies, or pods' and namespaces' new labels (v1 Pod/Namespace objects), to a running lab.
+    Apply { name: String, file: PathBuf },
+    /// Delete the policies in a file from a running lab.
+    Delete { name: String, file: PathBuf },
     /// Check topology files without building anything.
     Validate {
         #[arg(required = true)]
@@ -116,6 +120,15 @@ enum BenchTarget {
         /// Nodes the pods are spread over, round-robin.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// TCP request/response rate and bulk throughput between two pods through the datapath,
+    /// against the same pods with no program attached, and with 10 and 65,536 policy map entries.
+    Datapath {
+        /// Length of each measurement, in seconds; each is taken 3 times and the median kept.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
         #[arg(long, short, value_enum, default_value = "table")]
         output: Format,
     },
@@ -149,6 +162,8 @@ fn main() -> ExitCode {
         }
         Command::Observe(args) => cmd::observe::run(&args),
         Command::Metrics { name, output } => cmd::metrics::run(&name, output),
+        Command::Apply { name, file } => cmd::apply::run(&name, &file, false),
+        Command::Delete { name, file } => cmd::apply::run(&name, &file, true),
         Command::Validate { files } => {
             return if cmd::validate::run(&files) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
@@ -157,6 +172,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Bench { target: BenchTarget::Up { pods, nodes, output } } => cmd::bench::up(&pods, nodes, output),
+        Command::Bench { target: BenchTarget::Datapath { seconds, output } } => {
+            cmd::bench::datapath(std::time::Duration::from_secs(seconds), output)
+        }
         Command::Agent { name } => lab::agent::serve(&name),
     };
     match result {

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{self, LabelFilter, Labels};
-use crate::topology::{AttachMode, Port, RoutingMode, Topology};
+use crate::topology::{AttachMode, PolicyEnforcement, PolicySemantics, Port, RoutingMode, Topology};
 
 /// Lab names end up in namespace and directory names; keep them short enough to read.
 pub const MAX_LAB_NAME: usize = 32;
@@ -44,6 +44,8 @@ pub struct Plan {
     pub mtu: u32,
     /// Entries of each endpoint's policy map.
     pub policy_map_size: u32,
+    pub policy_enforcement: PolicyEnforcement,
+    pub policy_semantics: PolicySemantics,
     /// Every identity in use, reserved ones included, with its identity-relevant labels.
     pub identities: BTreeMap<u32, Labels>,
     pub fabric: FabricPlan,
@@ -401,6 +403,8 @@ impl Plan {
             attach: cluster.attach,
             mtu: cluster.mtu,
             policy_map_size: cluster.policy_map_size,
+            policy_enforcement: cluster.policy_enforcement,
+            policy_semantics: cluster.policy_semantics,
             identities,
             fabric: FabricPlan {
                 netns: format!("{prefix}fabric"),

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::plan::Plan;
+use crate::topology::Topology;
+use crate::topology::resources::Resource;
 
 pub const RUN_DIR: &str = "/run/lab";
 /// Where a lab's BPF objects are pinned, one folder per lab.
@@ -85,6 +87,23 @@ impl LabDir {
         let text = std::fs::read(&path)
             .with_context(|| format!("no lab named `{}` (reading {})", self.name, path.display()))?;
         serde_json::from_slice(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// What the lab was built from and what was applied since: the topology (its labels change
+    /// with `lab apply`) and the Kubernetes objects in force.
+    pub fn write_sources(&self, topology: &Topology, resources: &[Resource]) -> Result<()> {
+        // The objects are kept once, resolved, in resources.json.
+        let topology = Topology { resources: Vec::new(), ..topology.clone() };
+        self.write_atomic("topology.json", &serde_json::to_vec_pretty(&topology)?)?;
+        self.write_atomic("resources.json", &serde_json::to_vec_pretty(resources)?)
+    }
+
+    pub fn read_sources(&self) -> Result<(Topology, Vec<Resource>)> {
+        let read = |file: &str| {
+            let path = self.path.join(file);
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        Ok((serde_json::from_slice(&read("topology.json")?)?, serde_json::from_slice(&read("resources.json")?)?))
     }
 
     pub fn set_status(&self, status: Status) -> Result<()> {

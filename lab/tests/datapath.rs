@@ -66,7 +66,8 @@ fn identities_are_the_same_across_labs_and_in_the_datapath() {
     for (node, _) in a.nodes.iter().enumerate() {
         let cache = lab::datapath::maps::read_ipcache(&a, node).unwrap();
         for pod in &a.pods {
-            assert_eq!(cache.get(&pod.ip).map(|e| e.identity), Some(pod.identity), "{} on node {node}", pod.id());
+            let host = ipnet::Ipv4Net::new(pod.ip, 32).unwrap();
+            assert_eq!(cache.get(&host).map(|e| e.identity), Some(pod.identity), "{} on node {node}", pod.id());
         }
     }
 }
@@ -172,4 +173,42 @@ fn removing_an_allow_cuts_a_live_connection_whose_replies_were_never_looked_up()
     stream.write_all(b"again").unwrap();
     assert!(stream.read_exact(&mut echo).is_err(), "the cut connection still echoed");
     assert!(dropped(&lab.name, 133) > drops, "the next forward packet was dropped as default deny");
+}
+
+/// CIDR rules: x/a may reach 203.0.113.0/24 except 203.0.113.10 (toCIDRSet with except). The
+/// flows name the CIDR's local identity (0x01000000 | n) as the destination's.
+#[test]
+fn cidr_rules_with_except_select_external_addresses() {
+    let text = std::fs::read_to_string(topology("datapath/policy-basics.yaml")).unwrap();
+    let text = text.replace(
+        "externals:\n  - {name: web, address: 203.0.113.10, ports: [tcp/443]}\n",
+        "externals:\n  - {name: web, address: 203.0.113.10, ports: [tcp/443]}\n  - {name: api, address: 203.0.113.20, ports: [tcp/443]}\n",
+    );
+    let text = text.replace(
+        "resources:\n",
+        "resources:\n  - apiVersion: cilium.io/v2\n    kind: CiliumNetworkPolicy\n    metadata: {name: x-a-egress, namespace: x}\n    spec:\n      endpointSelector: {matchLabels: {pod: a}}\n      egress:\n        - toCIDRSet: [{cidr: 203.0.113.0/24, except: [203.0.113.10/32]}]\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cidr.yaml");
+    std::fs::write(&file, text).unwrap();
+    let lab = Lab::up(&file, "cidr");
+    let plan = lab.plan();
+    let x_a = plan.pods.iter().find(|p| p.id() == "x/a").unwrap();
+    let netns = lab::net::netns::open(&x_a.netns).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let probe = |ip: &str| {
+        runtime.block_on(lab::probe::probe(
+            &netns,
+            ip.parse().unwrap(),
+            lab::probe::Kind::Tcp(443),
+            std::time::Duration::from_millis(400),
+        ))
+    };
+    assert_eq!(probe("203.0.113.20"), lab::probe::Outcome::Connected, "inside the CIDR");
+    assert_eq!(probe("203.0.113.10"), lab::probe::Outcome::Timeout, "carved out by except");
+
+    let cache = lab::datapath::maps::read_ipcache(&plan, x_a.node).unwrap();
+    let cidr = cache[&"203.0.113.0/24".parse().unwrap()].identity;
+    assert_eq!(cidr & 0xff00_0000, 0x0100_0000, "a local CIDR identity");
+    assert_ne!(cache[&"203.0.113.10/32".parse().unwrap()].identity, cidr, "the except has its own identity");
 }

@@ -1,5 +1,8 @@
 //! `lab bench up [--pods 100,500,1000] [--nodes 2]`: how fast labs come up and go away, against
 //! the same labs built by a script of `ip` commands.
+//!
+//! `lab bench datapath [--seconds 3]`: TCP between two pods through the datapath, against the same
+//! pods with no program attached, and with a small and a full policy map.
 
 use std::time::Duration;
 
@@ -7,6 +10,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::ls::Format;
+use crate::bench::datapath::{self, DatapathResult, LARGE_MAP, REPEATS, Row, SMALL_MAP, Setup, thousands};
 use crate::bench::{self, UpResult};
 
 /// The acceptance targets, set for this many pods on two cores.
@@ -14,6 +18,12 @@ const TARGET_PODS: usize = 500;
 const TARGET_UP: Duration = Duration::from_secs(3);
 const TARGET_UP_RATIO: f64 = 5.0;
 const TARGET_DOWN: Duration = Duration::from_secs(1);
+/// The datapath's least share of bare veth's request rate and throughput.
+const TARGET_VS_BARE: f64 = 0.9;
+/// The most request rate a full policy map may lose against a small one.
+const TARGET_MAP_LOSS: f64 = 0.1;
+/// Other processes keeping more cores than this busy make the datapath benchmark unreliable.
+const NOISY_LOAD: f64 = 0.1;
 
 pub fn up(pods: &[usize], nodes: usize, format: Format) -> Result<()> {
     super::require_root()?;
@@ -126,6 +136,148 @@ fn print_table(results: &[UpResult], verdicts: &[Verdict]) {
     if verdicts.is_empty() {
         println!("targets: not checked; they are set for {TARGET_PODS} pods, add {TARGET_PODS} to --pods");
     }
+    for v in verdicts {
+        println!("target {}: {} ({})", v.target, if v.met { "met" } else { "MISSED" }, v.measured);
+    }
+}
+
+pub fn datapath(seconds: Duration, format: Format) -> Result<()> {
+    super::require_root()?;
+    let result = datapath::run(seconds, |row| {
+        let rates = |samples: &[f64], decimals: usize| {
+            samples.iter().map(|r| format!("{r:.decimals$}")).collect::<Vec<_>>().join(", ")
+        };
+        let bulk = if row.bulk.is_empty() { String::new() } else { format!("; bulk {} Gbit/s", rates(&row.bulk, 2)) };
+        eprintln!("{}: request/response {} trans/s{bulk}", row.setup, rates(&row.rr, 0));
+    })?;
+    let verdicts = datapath_verdicts(&result);
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = result.rows().iter().map(|row| row_as_json(&result, row)).collect();
+            let targets: Vec<_> =
+                verdicts.iter().map(|v| json!({"target": v.target, "met": v.met, "measured": v.measured})).collect();
+            let report = json!({
+                "cores": cores(), "seconds": result.seconds.as_secs_f64(), "repeats": REPEATS,
+                "rows": rows, "targets": targets,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Format::Table => print_datapath_table(&result, &verdicts),
+    }
+    Ok(())
+}
+
+fn row_as_json(result: &DatapathResult, row: &Row) -> serde_json::Value {
+    let entries = match row.setup {
+        Setup::Bare => None,
+        Setup::Datapath { entries } => Some(entries),
+    };
+    json!({
+        "setup": row.setup.to_string(), "policyMapEntries": entries,
+        "rrTransPerSec": row.rr(), "rrSamples": row.rr, "rrSpread": row.rr_spread(),
+        "rrVsBare": result.rr_vs_bare(row), "usPerTransaction": row.us_per_transaction(),
+        "bulkGbitPerSec": row.bulk(), "bulkSamples": row.bulk, "bulkSpread": row.bulk_spread(),
+        "bulkVsBare": result.bulk_vs_bare(row),
+        "policyLookups": row.policy_lookups, "otherProcessesCores": row.other_load,
+        "nsPerPacket": row.cost.map(|c| c.per_packet_ns), "policyProgramNs": row.cost.map(|c| c.policy_program_ns),
+    })
+}
+
+fn datapath_verdicts(result: &DatapathResult) -> Vec<Verdict> {
+    let (bare, small, large) = (&result.bare, &result.small, &result.large);
+    let rr_ratio = result.rr_vs_bare(small);
+    let bulk_ratio = result.bulk_vs_bare(small).unwrap_or(f64::NAN);
+    let map_ratio = large.rr() / small.rr();
+    let (small_entries, large_entries) = (thousands(SMALL_MAP), thousands(LARGE_MAP));
+    vec![
+        Verdict {
+            target: format!("request rate through the datapath at least {TARGET_VS_BARE} of bare veth"),
+            met: rr_ratio >= TARGET_VS_BARE,
+            measured: format!("{rr_ratio:.3}: {:.0} vs {:.0} trans/s, {small_entries} entries", small.rr(), bare.rr()),
+        },
+        Verdict {
+            target: format!("bulk throughput through the datapath at least {TARGET_VS_BARE} of bare veth"),
+            met: bulk_ratio >= TARGET_VS_BARE,
+            measured: format!(
+                "{bulk_ratio:.3}: {:.2} vs {:.2} Gbit/s, {small_entries} entries",
+                small.bulk().unwrap_or(f64::NAN),
+                bare.bulk().unwrap_or(f64::NAN)
+            ),
+        },
+        Verdict {
+            target: format!(
+                "request rate at {large_entries} entries within {:.0}% of {small_entries} entries",
+                TARGET_MAP_LOSS * 100.0
+            ),
+            met: map_ratio >= 1.0 - TARGET_MAP_LOSS,
+            measured: format!("{:+.1}%: {:.0} vs {:.0} trans/s", (map_ratio - 1.0) * 100.0, large.rr(), small.rr()),
+        },
+    ]
+}
+
+fn print_datapath_table(result: &DatapathResult, verdicts: &[Verdict]) {
+    let header =
+        ["setup", "RR (trans/s)", "RR vs bare", "µs/trans", "bulk (Gbit/s)", "bulk vs bare", "ns/packet", "policy ns"];
+    let dash = || "-".to_string();
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for row in result.rows() {
+        let bare = row.setup == Setup::Bare;
+        rows.push(vec![
+            row.setup.to_string(),
+            format!("{:.0}", row.rr()),
+            if bare { dash() } else { format!("{:.3}", result.rr_vs_bare(row)) },
+            format!("{:.1}", row.us_per_transaction()),
+            row.bulk().map_or_else(dash, |b| format!("{b:.2}")),
+            result.bulk_vs_bare(row).filter(|_| !bare).map_or_else(dash, |r| format!("{r:.3}")),
+            row.cost.map_or_else(dash, |c| format!("{:.0}", c.per_packet_ns)),
+            row.cost.map_or_else(dash, |c| format!("{:.0}", c.policy_program_ns)),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| rows.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, &width))| if c == 0 { format!("{cell:<width$}") } else { format!("{cell:>width$}") })
+            .collect();
+        println!("{}", cells.join("  "));
+    }
+    let lookups: u64 = result.rows().iter().map(|row| row.policy_lookups).sum();
+    println!();
+    println!(
+        "Medians of {REPEATS} runs of {} s each, on {} cores; the client and the server pod on one node, the",
+        result.seconds.as_secs(),
+        cores()
+    );
+    println!("server's ingress enforced by a policy that allows the client; the client's thread on the first");
+    println!("core, the server's on the second. RR: one TCP connection, a 1-byte request and its 1-byte answer");
+    println!("per transaction (TCP_RR). bulk: one TCP connection, 64 KiB writes, bits the server received per");
+    println!("second. vs bare: over the same pods with no program attached, measured first in the same run.");
+    println!("µs/trans: 1 / RR. ns/packet: what the two programs a packet crosses (the sender's");
+    println!("from_container, the receiver's to_container) cost it, from the kernel's BPF statistics over one");
+    println!("more RR run; policy ns: the server's to_container alone, the program that looks the policy up.");
+    println!("Every datapath run went through the allow entry ({lookups} lookups counted).");
+    println!();
+    let spreads: Vec<String> = result
+        .rows()
+        .iter()
+        .map(|row| {
+            let bulk = row.bulk_spread().map_or_else(String::new, |s| format!(", bulk {:.0}%", s * 100.0));
+            format!("{} RR {:.0}%{bulk}", row.setup, row.rr_spread() * 100.0)
+        })
+        .collect();
+    println!("Spread of the runs, (max - min) / median: {}.", spreads.join("; "));
+    let loads: Vec<String> = result.rows().iter().map(|row| format!("{} {:.2}", row.setup, row.other_load)).collect();
+    println!("Cores other processes kept busy during the runs: {}.", loads.join("; "));
+    let widest = result.rows().into_iter().flat_map(|row| [Some(row.rr_spread()), row.bulk_spread()]).flatten();
+    let busiest = result.rows().into_iter().map(|row| row.other_load).fold(0.0, f64::max);
+    if widest.fold(0.0, f64::max) > TARGET_MAP_LOSS || busiest > NOISY_LOAD {
+        println!("The runs were disturbed: the ratios carry that noise (bare is always measured first, the");
+        println!("datapath after it). Run the benchmark again on a quiet host.");
+    }
+    println!();
     for v in verdicts {
         println!("target {}: {} ({})", v.target, if v.met { "met" } else { "MISSED" }, v.measured);
     }

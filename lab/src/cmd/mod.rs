@@ -1,5 +1,6 @@
 //! One module per `lab` subcommand.
 
+pub mod apply;
 pub mod bench;
 pub mod down;
 pub mod exec;

@@ -6,10 +6,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 
 use crate::plan::Plan;
-use crate::policy::{self, Compiled, PolicyError};
+use crate::policy::Compiled;
 use crate::state::{LabDir, Status};
-use crate::topology::{self, TopologyError, validate};
-use crate::{agent, datapath, realise, ui};
+use crate::topology::{self, Loaded, validate};
+use crate::{agent, datapath, live, realise, ui};
 
 pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
     let loaded = topology::load_file(file)?;
@@ -17,25 +17,43 @@ pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
         ui::warning(warning);
     }
     let name = name.unwrap_or(&loaded.topology.name);
+    let started = Instant::now();
+    let plan = create(&loaded, name)?;
+    println!(
+        "lab {} is up: {} nodes, {} pods, {} externals, {} routing ({} ms)",
+        ui::bold(name),
+        plan.nodes.len(),
+        plan.pods.len(),
+        plan.externals.len(),
+        plan.routing_mode,
+        started.elapsed().as_millis()
+    );
+    if let Some(pod) = plan.pods.first() {
+        println!("  lab ls {name}                      what it is made of");
+        println!("  lab exec {name} {} -- ip addr    run a command in a pod", pod.name);
+    }
+    println!("  lab down {name}                    remove it");
+    Ok(())
+}
+
+/// Builds the lab `name` from a checked topology and returns its plan; on failure, removes what
+/// it had built.
+pub fn create(loaded: &Loaded, name: &str) -> Result<Plan> {
     validate::check_lab_name(name).map_err(|e| anyhow!(e))?;
     super::require_root()?;
-
-    let started = Instant::now();
     let plan = Plan::new(&loaded.topology, name);
     // Policies are compiled before anything is created: a policy that is wrong or does not fit
     // changes nothing on the host.
-    let options = policy::Options { max_entries: plan.policy_map_size as usize };
-    let compiled = match policy::compile(&loaded.resources, &datapath::endpoints(&plan), &plan.identities, &options) {
-        Ok(compiled) => compiled,
-        Err(PolicyError::Invalid(diagnostics)) => return Err(TopologyError { diagnostics }.into()),
-        Err(e @ PolicyError::Capacity(_)) => return Err(e.into()),
-    };
+    let compiled = live::compile(&plan, &loaded.resources)?;
     for warning in &compiled.warnings {
         ui::warning(warning);
     }
     let lab = LabDir::create(name)?;
     // The record comes first: whatever happens next, `lab down` knows every name to remove.
-    let recorded = lab.write_plan(&plan).and_then(|()| lab.set_status(Status::Creating));
+    let recorded = lab
+        .write_plan(&plan)
+        .and_then(|()| lab.write_sources(&loaded.topology, &loaded.resources))
+        .and_then(|()| lab.set_status(Status::Creating));
     if let Err(e) = recorded {
         let _ = lab.remove();
         return Err(e);
@@ -54,21 +72,7 @@ pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
     }
     lab.set_status(Status::Ready)?;
 
-    println!(
-        "lab {} is up: {} nodes, {} pods, {} externals, {} routing ({} ms)",
-        ui::bold(name),
-        plan.nodes.len(),
-        plan.pods.len(),
-        plan.externals.len(),
-        plan.routing_mode,
-        started.elapsed().as_millis()
-    );
-    if let Some(pod) = plan.pods.first() {
-        println!("  lab ls {name}                      what it is made of");
-        println!("  lab exec {name} {} -- ip addr    run a command in a pod", pod.name);
-    }
-    println!("  lab down {name}                    remove it");
-    Ok(())
+    Ok(plan)
 }
 
 fn build(lab: &LabDir, plan: &Plan, policy: &Compiled) -> Result<()> {

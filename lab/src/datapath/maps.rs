@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData};
@@ -19,18 +21,24 @@ pub fn ipv4(ip: Ipv4Addr) -> u32 {
 
 /// The ipcache of node `node` (an index into the plan's nodes): every pod, with the node that
 /// hosts it when that is another node; this node's own addresses as `host`, other nodes' as
-/// `remote-node`. Anything else misses, and a miss is `world`.
-pub fn ipcache(plan: &Plan, node: usize) -> BTreeMap<Ipv4Addr, IpcacheEntry> {
+/// `remote-node`; and the prefixes of CIDR policies with their local identities. A pod's or a
+/// node's own /32 is never given to a CIDR, so CIDR rules never match them (as Cilium's); being
+/// longer, it also wins every lookup inside a CIDR. Anything else misses, and a miss is `world`.
+pub fn ipcache(plan: &Plan, node: usize, cidrs: &BTreeMap<Ipv4Net, u32>) -> BTreeMap<Ipv4Net, IpcacheEntry> {
+    let host = |ip: Ipv4Addr| Ipv4Net::new(ip, 32).expect("valid");
     let mut entries = BTreeMap::new();
     for (i, n) in plan.nodes.iter().enumerate() {
         let id = if i == node { identity::HOST } else { identity::REMOTE_NODE };
         for ip in [n.ip.addr(), n.router_ip] {
-            entries.insert(ip, IpcacheEntry { identity: id, tunnel_endpoint: 0 });
+            entries.insert(host(ip), IpcacheEntry { identity: id, tunnel_endpoint: 0 });
         }
     }
     for pod in &plan.pods {
         let tunnel_endpoint = if pod.node == node { 0 } else { ipv4(plan.nodes[pod.node].ip.addr()) };
-        entries.insert(pod.ip, IpcacheEntry { identity: pod.identity, tunnel_endpoint });
+        entries.insert(host(pod.ip), IpcacheEntry { identity: pod.identity, tunnel_endpoint });
+    }
+    for (prefix, identity) in cidrs {
+        entries.entry(*prefix).or_insert(IpcacheEntry { identity: *identity, tunnel_endpoint: 0 });
     }
     entries
 }
@@ -68,14 +76,23 @@ fn policy_bits(key: &PolicyKey) -> Key<[u8; 8]> {
     Key::new(key.prefixlen, bits)
 }
 
-/// Writes the ipcache and endpoints of every node. `flags(pod index)` gives each endpoint's
-/// enforcement.
-pub fn fill_nodes(plan: &Plan, flags: impl Fn(usize) -> u32) -> Result<()> {
+/// Makes every node's ipcache and endpoints hold what `plan` and the policies' CIDRs say:
+/// entries written where they differ, stale ones removed. `flags(pod index)` gives each
+/// endpoint's enforcement.
+pub fn fill_nodes(plan: &Plan, cidrs: &BTreeMap<Ipv4Net, u32>, flags: impl Fn(usize) -> u32) -> Result<()> {
     for (i, node) in plan.nodes.iter().enumerate() {
+        let present = read_ipcache(plan, i)?;
+        let wanted = ipcache(plan, i, cidrs);
         let mut cache: LpmTrie<MapData, u32, IpcacheEntry> =
             LpmTrie::try_from(Map::LpmTrie(open(&pins::node_map(&plan.lab, &node.name, "lab_ipcache"))?))?;
-        for (ip, entry) in ipcache(plan, i) {
-            cache.insert(&Key::new(32, ipv4(ip)), entry, 0).with_context(|| format!("ipcache entry for {ip}"))?;
+        let key = |prefix: &Ipv4Net| Key::new(u32::from(prefix.prefix_len()), ipv4(prefix.network()));
+        for (prefix, entry) in &wanted {
+            if present.get(prefix) != Some(entry) {
+                cache.insert(&key(prefix), *entry, 0).with_context(|| format!("ipcache entry for {prefix}"))?;
+            }
+        }
+        for prefix in present.keys().filter(|p| !wanted.contains_key(p)) {
+            cache.remove(&key(prefix)).with_context(|| format!("removing ipcache entry {prefix}"))?;
         }
         let mut endpoint_map: HashMap<MapData, EndpointKey, EndpointInfo> =
             HashMap::try_from(Map::HashMap(open(&pins::node_map(&plan.lab, &node.name, "lab_endpoints"))?))?;
@@ -87,12 +104,16 @@ pub fn fill_nodes(plan: &Plan, flags: impl Fn(usize) -> u32) -> Result<()> {
 }
 
 /// The ipcache of node `node` as the kernel holds it.
-pub fn read_ipcache(plan: &Plan, node: usize) -> Result<BTreeMap<Ipv4Addr, IpcacheEntry>> {
+pub fn read_ipcache(plan: &Plan, node: usize) -> Result<BTreeMap<Ipv4Net, IpcacheEntry>> {
     let path = pins::node_map(&plan.lab, &plan.nodes[node].name, "lab_ipcache");
     let cache: LpmTrie<MapData, u32, IpcacheEntry> = LpmTrie::try_from(Map::LpmTrie(open(&path)?))?;
     cache
         .iter()
-        .map(|item| item.map(|(k, e)| (Ipv4Addr::from(k.data().to_ne_bytes()), e)).map_err(Into::into))
+        .map(|item| {
+            let (key, entry) = item?;
+            let prefix = Ipv4Net::new(Ipv4Addr::from(key.data().to_ne_bytes()), key.prefix_len() as u8)?;
+            Ok((prefix, entry))
+        })
         .collect()
 }
 
@@ -166,12 +187,18 @@ mod tests {
     fn the_ipcache_knows_pods_nodes_and_where_remote_pods_live() {
         let text = "name: t\nnodes: [{name: a}, {name: b}]\npods: [{name: x, node: a}, {name: y, node: b}]\n";
         let plan = Plan::new(&load_str(std::path::Path::new("t.yaml"), text).unwrap().topology, "t");
-        let on_a = ipcache(&plan, 0);
+        let host = |ip: Ipv4Addr| Ipv4Net::new(ip, 32).unwrap();
         let (x, y) = (&plan.pods[0], &plan.pods[1]);
-        assert_eq!(on_a[&x.ip], IpcacheEntry { identity: x.identity, tunnel_endpoint: 0 });
-        assert_eq!(on_a[&y.ip], IpcacheEntry { identity: y.identity, tunnel_endpoint: ipv4(plan.nodes[1].ip.addr()) });
-        assert_eq!(on_a[&plan.nodes[0].ip.addr()].identity, identity::HOST);
-        assert_eq!(on_a[&plan.nodes[1].router_ip].identity, identity::REMOTE_NODE);
+        let cidrs = BTreeMap::from([("203.0.113.0/24".parse().unwrap(), 0x0100_0001), (host(x.ip), 0x0100_0002)]);
+        let on_a = ipcache(&plan, 0, &cidrs);
+        assert_eq!(on_a[&host(x.ip)], IpcacheEntry { identity: x.identity, tunnel_endpoint: 0 }, "a pod keeps its /32");
+        assert_eq!(
+            on_a[&host(y.ip)],
+            IpcacheEntry { identity: y.identity, tunnel_endpoint: ipv4(plan.nodes[1].ip.addr()) }
+        );
+        assert_eq!(on_a[&host(plan.nodes[0].ip.addr())].identity, identity::HOST);
+        assert_eq!(on_a[&host(plan.nodes[1].router_ip)].identity, identity::REMOTE_NODE);
+        assert_eq!(on_a[&"203.0.113.0/24".parse().unwrap()].identity, 0x0100_0001);
         assert_eq!(endpoints(&plan, 1, |_| 3).len(), 1);
     }
 }

@@ -18,6 +18,7 @@ pub fn endpoints(plan: &Plan) -> Vec<policy::Endpoint> {
         .map(|pod| policy::Endpoint {
             id: pod.endpoint_id,
             identity: pod.identity,
+            ip: pod.ip,
             labels: pod.labels.clone(),
             namespace: pod.namespace.clone(),
             named_ports: pod.ports.iter().filter_map(|p| Some((p.name.clone()?, p.port, p.protocol))).collect(),
@@ -33,6 +34,7 @@ pub fn install(plan: &Plan, policy: &Compiled) -> Result<()> {
     for (pod, endpoint) in policy.endpoints.iter().enumerate() {
         maps::sync_policy(plan, pod, &endpoint.entries)?;
     }
-    maps::fill_nodes(plan, |pod| policy.endpoints[pod].flags()).context("filling the datapath's maps")?;
+    maps::fill_nodes(plan, &policy.cidr_identities, |pod| policy.endpoints[pod].flags())
+        .context("filling the datapath's maps")?;
     Ok(())
 }

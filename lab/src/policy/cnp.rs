@@ -3,16 +3,19 @@
 //! pkg/k8s/apis/cilium.io/utils does it (namespace restriction of selectors included).
 //!
 //! Supported: `endpointSelector`, `ingress`/`ingressDeny`/`egress`/`egressDeny` with
-//! `fromEndpoints`/`toEndpoints`, `fromEntities`/`toEntities` and `toPorts[].ports[]`
+//! `fromEndpoints`/`toEndpoints`, `fromEntities`/`toEntities`, `fromCIDR`/`toCIDR` (a CIDR or a
+//! bare address, its /32), `fromCIDRSet`/`toCIDRSet` (`cidr` and `except`) and `toPorts[].ports[]`
 //! (`port` as number, string or name, `endPort`, `protocol` TCP/UDP/SCTP/ANY), and
-//! `enableDefaultDeny`. `labels`, `description` and `log` are accepted and ignored.
+//! `enableDefaultDeny`. `labels`, `description` and `log` are accepted and ignored. As in Cilium,
+//! one item may use only one kind of peer (`fromEndpoints` or `fromCIDR` or ...).
 //!
 //! Accepted with a warning: L7 `toPorts[].rules` (the port is allowed at L4, nothing is filtered
-//! at L7) and `toFQDNs` (selects no identity, so it allows nothing: the lab has no DNS proxy).
+//! at L7), `toFQDNs` (selects no identity, so it allows nothing: the lab has no DNS proxy), IPv6
+//! CIDRs (the lab is IPv4 only: they match nothing) and an `except` outside its `cidr` (ignored).
 //!
-//! Errors, as not supported yet: CIDR peers (`fromCIDR`, `fromCIDRSet`, `toCIDR`, `toCIDRSet`),
-//! `fromRequires`/`toRequires`, `fromNodes`/`toNodes`, `fromGroups`/`toGroups`, `toServices`,
-//! `icmps`, `authentication`, TLS/`serverNames`/`listener` of port rules, and `nodeSelector`.
+//! Errors, as not supported yet: `fromRequires`/`toRequires`, `fromNodes`/`toNodes`,
+//! `fromGroups`/`toGroups`, `toServices`, `cidrGroupRef`/`cidrGroupSelector` of CIDR sets, `icmps`,
+//! `authentication`, TLS/`serverNames`/`listener` of port rules, and `nodeSelector`.
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -20,13 +23,14 @@ use serde_yaml::Value;
 use crate::topology::load::Diagnostic;
 use crate::topology::resources::Resource;
 
+use super::cidr::{self, CidrPeer};
 use super::ports::{PortSpec, ProtocolSpec, is_port_name};
 use super::rule::{Direction, Entity, Item, Peer, Peers, PortRule, Rule, RuleInfo};
 use super::selector::{LabelKey, NAMESPACE_KEY, Requirement, Selector, SelectorSpec, Source};
 
 /// The namespace labels Cilium re-exports onto pods; a CNP selector on one of them is not
 /// restricted to the policy's namespace.
-const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+pub(super) const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -60,9 +64,9 @@ struct IngressSpec {
     from_entities: Option<Vec<String>>,
     from_requires: Option<Value>,
     #[serde(rename = "fromCIDR")]
-    from_cidr: Option<Value>,
+    from_cidr: Option<Vec<String>>,
     #[serde(rename = "fromCIDRSet")]
-    from_cidr_set: Option<Value>,
+    from_cidr_set: Option<Vec<CidrRuleSpec>>,
     from_groups: Option<Value>,
     from_nodes: Option<Value>,
     to_ports: Option<Vec<PortRuleSpec>>,
@@ -77,9 +81,9 @@ struct EgressSpec {
     to_entities: Option<Vec<String>>,
     to_requires: Option<Value>,
     #[serde(rename = "toCIDR")]
-    to_cidr: Option<Value>,
+    to_cidr: Option<Vec<String>>,
     #[serde(rename = "toCIDRSet")]
-    to_cidr_set: Option<Value>,
+    to_cidr_set: Option<Vec<CidrRuleSpec>>,
     to_groups: Option<Value>,
     to_nodes: Option<Value>,
     to_services: Option<Value>,
@@ -88,6 +92,16 @@ struct EgressSpec {
     to_ports: Option<Vec<PortRuleSpec>>,
     icmps: Option<Value>,
     authentication: Option<Value>,
+}
+
+/// One entry of `fromCIDRSet`/`toCIDRSet`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CidrRuleSpec {
+    cidr: Option<String>,
+    except: Option<Vec<String>>,
+    cidr_group_ref: Option<Value>,
+    cidr_group_selector: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +127,7 @@ struct PortProtocolSpec {
 
 /// `port: 80`, `port: "80"` or `port: http`.
 #[derive(Debug)]
-enum PortValue {
+pub(super) enum PortValue {
     Number(i64),
     Text(String),
 }
@@ -144,6 +158,8 @@ impl<'de> Deserialize<'de> for PortValue {
 struct ItemView<'a> {
     endpoints: (&'static str, Option<&'a Vec<SelectorSpec>>),
     entities: (&'static str, Option<&'a Vec<String>>),
+    cidrs: (&'static str, Option<&'a Vec<String>>),
+    cidr_sets: (&'static str, Option<&'a Vec<CidrRuleSpec>>),
     fqdns: Option<&'a Value>,
     /// Fields the lab does not support, with whether they are set.
     unsupported: Vec<(&'static str, bool, &'static str)>,
@@ -155,11 +171,11 @@ impl IngressSpec {
         ItemView {
             endpoints: ("fromEndpoints", self.from_endpoints.as_ref()),
             entities: ("fromEntities", self.from_entities.as_ref()),
+            cidrs: ("fromCIDR", self.from_cidr.as_ref()),
+            cidr_sets: ("fromCIDRSet", self.from_cidr_set.as_ref()),
             fqdns: None,
             unsupported: vec![
                 ("fromRequires", self.from_requires.is_some(), "is not supported by the lab yet"),
-                ("fromCIDR", self.from_cidr.is_some(), "(CIDR peers) is not supported by the lab yet"),
-                ("fromCIDRSet", self.from_cidr_set.is_some(), "(CIDR peers) is not supported by the lab yet"),
                 ("fromGroups", self.from_groups.is_some(), "is not supported by the lab"),
                 ("fromNodes", self.from_nodes.is_some(), "is not supported by the lab yet"),
                 ("icmps", self.icmps.is_some(), "(ICMP rules) is not supported by the lab yet"),
@@ -179,11 +195,11 @@ impl EgressSpec {
         ItemView {
             endpoints: ("toEndpoints", self.to_endpoints.as_ref()),
             entities: ("toEntities", self.to_entities.as_ref()),
+            cidrs: ("toCIDR", self.to_cidr.as_ref()),
+            cidr_sets: ("toCIDRSet", self.to_cidr_set.as_ref()),
             fqdns: self.to_fqdns.as_ref(),
             unsupported: vec![
                 ("toRequires", self.to_requires.is_some(), "is not supported by the lab yet"),
-                ("toCIDR", self.to_cidr.is_some(), "(CIDR peers) is not supported by the lab yet"),
-                ("toCIDRSet", self.to_cidr_set.is_some(), "(CIDR peers) is not supported by the lab yet"),
                 ("toGroups", self.to_groups.is_some(), "is not supported by the lab"),
                 ("toNodes", self.to_nodes.is_some(), "is not supported by the lab yet"),
                 ("toServices", self.to_services.is_some(), "is not supported by the lab yet"),
@@ -254,6 +270,24 @@ pub(crate) fn translate(
     infos.extend(cx.infos);
     warnings.extend(cx.warnings);
     Ok(())
+}
+
+/// A serde error of the object at `path`, as (field, message): serde's own path, made absolute,
+/// names the field.
+pub(super) fn serde_field(path: &str, error: &serde_yaml::Error) -> (String, String) {
+    let text = error.to_string();
+    let text = text.rfind(" at line ").map_or(text.as_str(), |cut| &text[..cut]);
+    let (mut field, message) = match text.split_once(": ") {
+        Some((field, message)) if !field.contains(' ') => {
+            let field = if field == "." { path.to_string() } else { format!("{path}.{field}") };
+            (field, message.to_string())
+        }
+        _ => (path.to_string(), text.to_string()),
+    };
+    if let Some(name) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+        field = format!("{field}.{name}");
+    }
+    (field, message)
 }
 
 struct Context<'a> {
@@ -337,23 +371,12 @@ impl Context<'_> {
                 items.push(item);
             }
         }
-        Ok(Rule { subject, default_deny_ingress, default_deny_egress, items })
+        Ok(Rule { subject, default_deny_ingress, default_deny_egress, items, outside_policy_types: Vec::new() })
     }
 
     /// A serde error of the rule at `path`: its own path, made absolute, names the field.
     fn serde_error(&self, path: &str, error: &serde_yaml::Error) -> Diagnostic {
-        let text = error.to_string();
-        let text = text.rfind(" at line ").map_or(text.as_str(), |cut| &text[..cut]);
-        let (mut field, message) = match text.split_once(": ") {
-            Some((field, message)) if !field.contains(' ') => {
-                let field = if field == "." { path.to_string() } else { format!("{path}.{field}") };
-                (field, message.to_string())
-            }
-            _ => (path.to_string(), text.to_string()),
-        };
-        if let Some(name) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
-            field = format!("{field}.{name}");
-        }
+        let (field, message) = serde_field(path, error);
         self.error(&field, message)
     }
 
@@ -411,8 +434,30 @@ impl Context<'_> {
 
         let (endpoints_field, endpoints) = view.endpoints;
         let (entities_field, entities) = view.entities;
+        let (cidrs_field, cidrs) = view.cidrs;
+        let (cidr_sets_field, cidr_sets) = view.cidr_sets;
+        // Cilium's sanitize: one kind of L3 peer per item.
+        let fqdns_given = view.fqdns.is_some_and(|v| v.as_sequence().is_none_or(|s| !s.is_empty()));
+        let given: Vec<&str> = [
+            (endpoints_field, endpoints.is_some_and(|v| !v.is_empty())),
+            (entities_field, entities.is_some_and(|v| !v.is_empty())),
+            (cidrs_field, cidrs.is_some_and(|v| !v.is_empty())),
+            (cidr_sets_field, cidr_sets.is_some_and(|v| !v.is_empty())),
+            ("toFQDNs", fqdns_given),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect();
+        if let [first, second, ..] = given[..] {
+            return Err(self.error(
+                &format!("{path}.{second}"),
+                format!("Cilium does not support combining `{first}` and `{second}` in one rule: write two rules"),
+            ));
+        }
         let has_ports = view.to_ports.is_some_and(|p| !p.is_empty());
-        let peers = if endpoints.is_none() && entities.is_none() && view.fqdns.is_none() {
+        let no_peers =
+            endpoints.is_none() && entities.is_none() && cidrs.is_none() && cidr_sets.is_none() && view.fqdns.is_none();
+        let peers = if no_peers {
             if has_ports { Peers::Wildcard } else { Peers::List(Vec::new()) }
         } else {
             let mut peers = Vec::new();
@@ -423,6 +468,28 @@ impl Context<'_> {
                 let entity =
                     Entity::parse(name).map_err(|m| self.error(&format!("{path}.{entities_field}[{j}]"), m))?;
                 peers.push(Peer::Entity(entity));
+            }
+            for (j, text) in cidrs.iter().copied().flatten().enumerate() {
+                peers.push(self.cidr_peer(&format!("{path}.{cidrs_field}[{j}]"), text, None)?);
+            }
+            for (j, set) in cidr_sets.iter().copied().flatten().enumerate() {
+                let set_path = format!("{path}.{cidr_sets_field}[{j}]");
+                for (field, given) in [
+                    ("cidrGroupRef", set.cidr_group_ref.is_some()),
+                    ("cidrGroupSelector", set.cidr_group_selector.is_some()),
+                ] {
+                    if given {
+                        return Err(self.error(
+                            &format!("{set_path}.{field}"),
+                            format!("`{field}` (CiliumCIDRGroup) is not supported by the lab"),
+                        ));
+                    }
+                }
+                let Some(text) = &set.cidr else {
+                    return Err(self.error(&set_path, "a CIDR set entry needs a `cidr`"));
+                };
+                let except = set.except.as_deref().unwrap_or_default();
+                peers.push(self.cidr_peer(&set_path, text, Some(except))?);
             }
             if view.fqdns.is_some() {
                 if deny {
@@ -435,7 +502,10 @@ impl Context<'_> {
                 peers.push(Peer::Nothing);
             }
             // Cilium: an empty list in any peer field selects nothing, whatever the others say.
-            let empty = endpoints.is_some_and(Vec::is_empty) || entities.is_some_and(Vec::is_empty);
+            let empty = endpoints.is_some_and(Vec::is_empty)
+                || entities.is_some_and(Vec::is_empty)
+                || cidrs.is_some_and(Vec::is_empty)
+                || cidr_sets.is_some_and(Vec::is_empty);
             Peers::List(if empty { Vec::new() } else { peers })
         };
 
@@ -454,6 +524,34 @@ impl Context<'_> {
         };
 
         Ok(Item { rule: 0, direction, deny, peers, ports })
+    }
+
+    /// A `fromCIDR` entry (`path` is the entry) or a `fromCIDRSet` entry (`path` is the set entry,
+    /// its fields are `cidr` and `except`). An IPv6 CIDR selects nothing; an `except` that is not
+    /// inside the `cidr` is ignored; both with a warning.
+    fn cidr_peer(&mut self, path: &str, text: &str, except: Option<&[String]>) -> Result<Peer, Diagnostic> {
+        let cidr_field = if except.is_some() { format!("{path}.cidr") } else { path.to_string() };
+        let cidr = match cidr::parse(text, true).map_err(|m| self.error(&cidr_field, m))? {
+            cidr::Parsed::V4(net) => net,
+            cidr::Parsed::V6 => {
+                self.warn(
+                    &cidr_field,
+                    format!("`{text}` is an IPv6 CIDR and the lab is IPv4 only: it matches nothing"),
+                );
+                return Ok(Peer::Nothing);
+            }
+        };
+        let mut kept = Vec::new();
+        for (k, text) in except.unwrap_or_default().iter().enumerate() {
+            let field = format!("{path}.except[{k}]");
+            match cidr::parse(text, true).map_err(|m| self.error(&field, m))? {
+                cidr::Parsed::V4(net) if cidr.contains(&net) => kept.push(net),
+                _ => {
+                    self.warn(&field, format!("`{text}` is not inside `{cidr}`, so it excepts nothing and is ignored"))
+                }
+            }
+        }
+        Ok(Peer::Cidr(CidrPeer { cidr, except: kept, field: path.to_string() }))
     }
 
     fn port_rule(&mut self, path: &str, deny: bool, rule: &PortRuleSpec) -> Result<Vec<PortRule>, Diagnostic> {

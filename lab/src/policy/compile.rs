@@ -1,16 +1,23 @@
 //! Rules → per-endpoint policy map contents, as Cilium's MapState builds them: peers resolved to
-//! identities, ports to protocol/port prefixes, duplicates merged, and every allow that a deny
-//! covers turned into a deny at its own key (the invariant bpf/lib/policy.h relies on).
+//! identities (CIDR peers to local CIDR identities), ports to protocol/port prefixes, duplicates
+//! merged, and every allow that a deny covers turned into a deny at its own key (the invariant
+//! bpf/lib/policy.h relies on). The enforcement mode and the semantics are applied here.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
+use crate::datapath::abi::identity as reserved;
 use crate::datapath::abi::{POLICY_PREFIX_STATIC, PolicyEntry, PolicyKey};
 use crate::identity::Labels;
-use crate::topology::Protocol;
 use crate::topology::load::Diagnostic;
+use crate::topology::{PolicyEnforcement, PolicySemantics, Protocol};
 
+use super::cidr::{self, CidrPeer};
+use super::knp;
 use super::ports::{IPPROTO_TCP, IPPROTO_UDP, PortSpec, split_range};
-use super::rule::{Direction, Item, Peer, Peers, RuleInfo};
+use super::rule::{Direction, Item, Peer, Peers, Rule, RuleInfo};
 use super::selector::{LabelKey, NAMESPACE_KEY, Source};
 use super::{CapacityError, Compiled, Endpoint, EndpointPolicy, Options, PolicySet};
 
@@ -25,26 +32,102 @@ enum Resolved {
     Identities(BTreeSet<u32>),
 }
 
-fn resolve(peers: &Peers, identities: &BTreeMap<u32, Labels>) -> Resolved {
-    let Peers::List(list) = peers else {
-        return Resolved::Wildcard;
-    };
-    let mut ids = BTreeSet::new();
-    for peer in list {
-        match peer {
-            Peer::Selector(selector) => {
-                ids.extend(
-                    identities.iter().filter(|(id, labels)| **id != 0 && selector.matches(labels)).map(|(id, _)| *id),
-                );
+/// What peers resolve against.
+struct Resolver<'a> {
+    /// Every identity in use, CIDR identities included.
+    identities: &'a BTreeMap<u32, Labels>,
+    cidr_identities: &'a BTreeMap<Ipv4Net, u32>,
+    endpoints: &'a [Endpoint],
+    semantics: PolicySemantics,
+}
+
+impl Resolver<'_> {
+    fn resolve(&self, item: &Item, info: &RuleInfo, warnings: &mut Vec<Diagnostic>) -> Resolved {
+        let Peers::List(list) = &item.peers else {
+            return Resolved::Wildcard;
+        };
+        let mut ids = BTreeSet::new();
+        for peer in list {
+            match peer {
+                Peer::Selector(selector) => {
+                    ids.extend(
+                        self.identities
+                            .iter()
+                            .filter(|(id, labels)| **id != 0 && selector.matches(labels))
+                            .map(|(id, _)| *id),
+                    );
+                }
+                Peer::Entity(entity) => match entity.resolve(self.identities) {
+                    None => return Resolved::Wildcard,
+                    Some(set) => ids.extend(set),
+                },
+                Peer::Cidr(block) => ids.extend(self.cidr(block, info, warnings)),
+                Peer::Nothing => {}
             }
-            Peer::Entity(entity) => match entity.resolve(identities) {
-                None => return Resolved::Wildcard,
-                Some(set) => ids.extend(set),
-            },
-            Peer::Nothing => {}
         }
+        Resolved::Identities(ids)
     }
-    Resolved::Identities(ids)
+
+    /// The CIDR identities inside the block (and world for `0.0.0.0/0`); with Kubernetes
+    /// semantics, also the identity of every pod whose address is in the block.
+    fn cidr(&self, block: &CidrPeer, info: &RuleInfo, warnings: &mut Vec<Diagnostic>) -> BTreeSet<u32> {
+        let mut ids: BTreeSet<u32> =
+            self.cidr_identities.iter().filter(|(prefix, _)| block.selects_prefix(prefix)).map(|(_, id)| *id).collect();
+        if block.includes_world() {
+            ids.insert(reserved::WORLD);
+        }
+        let has_ip = |e: &&Endpoint| e.ip != Ipv4Addr::UNSPECIFIED;
+        let inside: Vec<&Endpoint> = self.endpoints.iter().filter(has_ip).filter(|e| block.contains_ip(e.ip)).collect();
+        if inside.is_empty() {
+            return ids;
+        }
+        let pods = |list: &[&Endpoint]| {
+            list.iter().map(|e| format!("{} ({})", e.ip, e.namespace)).collect::<Vec<_>>().join(", ")
+        };
+        let mut warn = |message: String| {
+            let warning = Diagnostic {
+                file: info.file.clone(),
+                location: info.location,
+                field: block.field.clone(),
+                message: format!("{}: {message}", info.policy()),
+            };
+            if !warnings.contains(&warning) {
+                warnings.push(warning);
+            }
+        };
+        match self.semantics {
+            PolicySemantics::Cilium => {
+                if info.kind == knp::KIND {
+                    warn(format!(
+                        "the ipBlock {} holds the addresses of pods {}: Kubernetes selects those pods, Cilium never \
+                         matches pod addresses by CIDR (cilium/cilium#9998), and neither does the lab with \
+                         policySemantics cilium",
+                        block.describe(),
+                        pods(&inside)
+                    ));
+                }
+            }
+            PolicySemantics::Kubernetes => {
+                let selected: BTreeSet<u32> = inside.iter().map(|e| e.identity).collect();
+                let outside: Vec<&Endpoint> = self
+                    .endpoints
+                    .iter()
+                    .filter(has_ip)
+                    .filter(|e| selected.contains(&e.identity) && !block.contains_ip(e.ip))
+                    .collect();
+                if !outside.is_empty() {
+                    warn(format!(
+                        "{} selects pods by address, but policy is per identity: pods {} share an identity with pods \
+                         in the block and are selected too",
+                        block.describe(),
+                        pods(&outside)
+                    ));
+                }
+                ids.extend(selected);
+            }
+        }
+        ids
+    }
 }
 
 fn protocol_number(protocol: Protocol) -> u8 {
@@ -216,31 +299,76 @@ fn subject_labels(endpoint: &Endpoint, identities: &BTreeMap<u32, Labels>) -> La
     labels
 }
 
+/// Whether the semantics skip a rule's `direction`: with Kubernetes semantics, a NetworkPolicy
+/// section outside its `policyTypes`.
+fn skipped(rule: &Rule, direction: Direction, semantics: PolicySemantics) -> bool {
+    semantics == PolicySemantics::Kubernetes && rule.outside_policy_types.contains(&direction)
+}
+
 pub(crate) fn compile(
     set: &PolicySet,
     endpoints: &[Endpoint],
     identities: &BTreeMap<u32, Labels>,
     options: &Options,
 ) -> Result<Compiled, Vec<CapacityError>> {
-    let resolved: Vec<Vec<Resolved>> =
-        set.rules.iter().map(|rule| rule.items.iter().map(|item| resolve(&item.peers, identities)).collect()).collect();
-    let egress_names = named_ports(endpoints);
+    let cidr_identities = set.cidr_identities();
+    let mut all_identities = identities.clone();
+    for (prefix, id) in &cidr_identities {
+        all_identities.insert(*id, cidr::labels(prefix));
+    }
     let mut warnings = set.warnings.clone();
+    warnings.extend(set.semantic_warnings.iter().filter(|(s, _)| *s == options.semantics).map(|(_, d)| d.clone()));
+    let resolver = Resolver {
+        identities: &all_identities,
+        cidr_identities: &cidr_identities,
+        endpoints,
+        semantics: options.semantics,
+    };
+    let resolved: Vec<Vec<Resolved>> = set
+        .rules
+        .iter()
+        .map(|rule| {
+            rule.items
+                .iter()
+                .map(|item| {
+                    if skipped(rule, item.direction, options.semantics) {
+                        return Resolved::Identities(BTreeSet::new());
+                    }
+                    resolver.resolve(item, &set.infos[item.rule as usize - 1], &mut warnings)
+                })
+                .collect()
+        })
+        .collect();
+
+    if options.enforcement == PolicyEnforcement::Never {
+        return Ok(Compiled {
+            endpoints: vec![EndpointPolicy::default(); endpoints.len()],
+            rules: set.infos.clone(),
+            cidr_identities,
+            warnings,
+        });
+    }
+
+    let egress_names = named_ports(endpoints);
     let mut errors = Vec::new();
     let mut policies = Vec::with_capacity(endpoints.len());
 
     for (index, endpoint) in endpoints.iter().enumerate() {
         let labels = subject_labels(endpoint, identities);
         let mut entries = BTreeMap::new();
-        let mut default_deny = [false; 2];
+        // `always`: every endpoint is in default deny both ways, selected or not.
+        let mut default_deny = [options.enforcement == PolicyEnforcement::Always; 2];
         let mut contributors = BTreeSet::new();
         for (rule, resolved) in set.rules.iter().zip(&resolved) {
             if !rule.subject.matches(&labels) {
                 continue;
             }
-            default_deny[0] |= rule.default_deny_ingress;
-            default_deny[1] |= rule.default_deny_egress;
+            default_deny[0] |= rule.default_deny_ingress && !skipped(rule, Direction::Ingress, options.semantics);
+            default_deny[1] |= rule.default_deny_egress && !skipped(rule, Direction::Egress, options.semantics);
             for (item, peers) in rule.items.iter().zip(resolved) {
+                if skipped(rule, item.direction, options.semantics) {
+                    continue;
+                }
                 let mut messages = Vec::new();
                 let blocks = blocks(item, endpoint, &egress_names, &mut messages);
                 for message in messages {
@@ -306,17 +434,18 @@ pub(crate) fn compile(
     }
 
     if errors.is_empty() {
-        Ok(Compiled { endpoints: policies, rules: set.infos.clone(), warnings })
+        Ok(Compiled { endpoints: policies, rules: set.infos.clone(), cidr_identities, warnings })
     } else {
         Err(errors)
     }
 }
 
 fn item_diagnostic(info: &RuleInfo, message: String) -> Diagnostic {
+    let ports = if info.kind == knp::KIND { "ports" } else { "toPorts" };
     Diagnostic {
         file: info.file.clone(),
         location: info.location,
-        field: format!("{}.toPorts", info.path),
+        field: format!("{}.{ports}", info.path),
         message: format!("{}: {message}", info.policy()),
     }
 }

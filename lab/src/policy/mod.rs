@@ -2,13 +2,14 @@
 //! Cilium 1.18 computes them, and the datapath's decision for a packet. Pure: no kernel, no IO.
 //!
 //! Two steps, so that identity churn recompiles without reparsing:
-//! 1. [`PolicySet::parse`] checks the policies ([`Resource`]s of kind CiliumNetworkPolicy and
-//!    CiliumClusterwideNetworkPolicy; other kinds are not policies and are skipped, NetworkPolicy
-//!    is an error until it is supported) and turns them into rules, each item of which
-//!    (`spec.ingress[0]`, `specs[1].egressDeny[2]`) gets a cookie, its 1-based index in
-//!    [`PolicySet::rules`], which the map entries it produces carry in [`PolicyEntry::rule`].
-//! 2. [`PolicySet::compile`] resolves selectors and entities against the identities in use and
-//!    builds one [`EndpointPolicy`] per endpoint.
+//! 1. [`PolicySet::parse`] checks the policies ([`Resource`]s of kind CiliumNetworkPolicy,
+//!    CiliumClusterwideNetworkPolicy and NetworkPolicy; other kinds are not policies and are
+//!    skipped) and turns them into rules, each item of which (`spec.ingress[0]`,
+//!    `specs[1].egressDeny[2]`) gets a cookie, its 1-based index in [`PolicySet::rules`], which the
+//!    map entries it produces carry in [`PolicyEntry::rule`].
+//! 2. [`PolicySet::compile`] resolves selectors, entities and CIDRs against the identities in use
+//!    and builds one [`EndpointPolicy`] per endpoint, following [`Options::enforcement`] and
+//!    [`Options::semantics`].
 //!
 //! [`lookup`] then answers "what happens to this packet" exactly as bpf/lib/policy.h does.
 //!
@@ -20,6 +21,20 @@
 //! - A rule with an ingress or ingressDeny item puts its endpoints in default deny at ingress
 //!   (likewise egress) unless `enableDefaultDeny` says otherwise. A direction with entries but no
 //!   default deny is enforced with an implicit allow-all (cookie 0), so its denies still apply.
+//! - A NetworkPolicy is a rule whose subject is its `podSelector` in its namespace, every item an
+//!   allow, default deny in the directions of its (defaulted) `policyTypes` and, as in Cilium
+//!   1.18, in any direction it has rules for (`knp.rs`).
+//! - CIDR peers (`fromCIDR`, `toCIDRSet`, `ipBlock`) select local CIDR identities
+//!   ([`Compiled::cidr_identities`], [`cidr`]): every prefix a rule names gets one, and the
+//!   datapath puts them in the ipcache, where pods' and nodes' own entries stay more specific, so
+//!   CIDR peers never match pods or nodes. `0.0.0.0/0` also selects world. The `world` entity
+//!   selects the CIDR identities too (Cilium gives them the world label).
+//! - Semantics ([`PolicySemantics`]): `cilium` is the above; `kubernetes` follows the Kubernetes
+//!   API where Cilium does not: CIDR peers also select the identities of pods whose address is in
+//!   the block, and NetworkPolicy sections outside `policyTypes` are ignored
+//!   (docs/policy-semantics.md).
+//! - Enforcement ([`PolicyEnforcement`]): `default` as above; `always` enforces both directions of
+//!   every endpoint, default deny, selected by a rule or not; `never` enforces nothing.
 //! - No peers but ports: any identity (key identity 0). Peers but no ports: every protocol and
 //!   port (key prefix 40, entry prefix 0). A port with a protocol: prefix 48 + port bits (entry
 //!   prefix 8 + port bits); `ANY` is one entry per TCP and UDP (with or without a port, as Cilium
@@ -28,8 +43,10 @@
 //!   covered by a deny becomes a deny at its own key, so the datapath's longest-prefix lookups can
 //!   never pick an allow that a deny should override.
 
+pub mod cidr;
 mod cnp;
 mod compile;
+mod knp;
 mod lookup;
 pub mod ports;
 mod rule;
@@ -37,9 +54,14 @@ pub mod selector;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_semantics;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 
 use crate::datapath::abi::{ENDPOINT_F_EGRESS_ENFORCED, ENDPOINT_F_INGRESS_ENFORCED};
 pub use crate::datapath::abi::{PolicyEntry, PolicyKey};
@@ -47,7 +69,9 @@ use crate::identity::Labels;
 use crate::topology::Protocol;
 use crate::topology::load::Diagnostic;
 use crate::topology::resources::Resource;
+pub use crate::topology::{PolicyEnforcement, PolicySemantics};
 
+pub use cidr::LOCAL_IDENTITY_FLAG;
 pub use lookup::{
     DROP_POLICY, DROP_POLICY_DENY, Decision, Matched, Verdict, key_bits, lookup, lpm_lookup, match_type, prefix_matches,
 };
@@ -71,6 +95,9 @@ pub struct Endpoint {
     /// identity's labels when `identity` is in the identity map, by these otherwise.
     pub labels: Labels,
     pub namespace: String,
+    /// The pod's address: with Kubernetes semantics, CIDR peers select the identities of pods
+    /// whose address is in the block. `0.0.0.0` is no address.
+    pub ip: Ipv4Addr,
     /// Named container ports: `(name, port, protocol)`.
     pub named_ports: Vec<(String, u16, Protocol)>,
 }
@@ -80,11 +107,19 @@ pub struct Endpoint {
 pub struct Options {
     /// The most entries one endpoint's map may hold; more is an error.
     pub max_entries: usize,
+    /// Cilium's policy enforcement mode.
+    pub enforcement: PolicyEnforcement,
+    /// Whose reading of NetworkPolicy to follow where Cilium and Kubernetes differ.
+    pub semantics: PolicySemantics,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_entries: DEFAULT_MAX_ENTRIES }
+        Options {
+            max_entries: DEFAULT_MAX_ENTRIES,
+            enforcement: PolicyEnforcement::default(),
+            semantics: PolicySemantics::default(),
+        }
     }
 }
 
@@ -118,7 +153,12 @@ pub struct Compiled {
     /// Rule item `n` (the cookie in [`PolicyEntry::rule`]) is `rules[n - 1]`; cookie 0 is the
     /// implicit allow-all of a direction without default deny.
     pub rules: Vec<RuleInfo>,
-    /// Things the lab accepted but does not do as Cilium would (L7 rules, toFQDNs, ...).
+    /// The local CIDR identity of every prefix a CIDR peer names (`cidr` and each `except`), to
+    /// be put in the ipcache; `0.0.0.0/0` is not one (it is world). Pods' /32s and node addresses
+    /// must stay as they are: where a prefix equals one, the pod's or node's entry wins.
+    pub cidr_identities: BTreeMap<Ipv4Net, u32>,
+    /// Things the lab accepted but does not do as Cilium would (L7 rules, toFQDNs, ...), and where
+    /// the chosen semantics part from Cilium's or Kubernetes' reading.
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -179,6 +219,8 @@ pub struct PolicySet {
     rules: Vec<rule::Rule>,
     infos: Vec<RuleInfo>,
     warnings: Vec<Diagnostic>,
+    /// Warnings that apply under one semantics only.
+    semantic_warnings: Vec<(PolicySemantics, Diagnostic)>,
 }
 
 impl PolicySet {
@@ -192,12 +234,13 @@ impl PolicySet {
                 ("cilium.io/v2", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
                     cnp::translate(resource, &mut set.rules, &mut set.infos, &mut set.warnings)
                 }
-                ("networking.k8s.io/v1", "NetworkPolicy") => Err(vec![Diagnostic {
-                    file: resource.file.clone(),
-                    location: resource.location,
-                    field: "kind".into(),
-                    message: format!("{}: NetworkPolicy is not supported by the lab yet", resource.display_name()),
-                }]),
+                ("networking.k8s.io/v1", knp::KIND) => knp::translate(
+                    resource,
+                    &mut set.rules,
+                    &mut set.infos,
+                    &mut set.warnings,
+                    &mut set.semantic_warnings,
+                ),
                 _ => Ok(()),
             };
             if let Err(mut e) = result {
@@ -212,13 +255,28 @@ impl PolicySet {
         &self.infos
     }
 
-    /// Accepted but not enforced as Cilium would (L7 rules, toFQDNs, ...).
+    /// Accepted but not enforced as Cilium would (L7 rules, toFQDNs, ...). Warnings that depend on
+    /// the semantics come with the compiled policy.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
     }
 
+    /// The local CIDR identity of every prefix the rules name; see [`Compiled::cidr_identities`].
+    pub fn cidr_identities(&self) -> BTreeMap<Ipv4Net, u32> {
+        let peers = self.rules.iter().flat_map(|rule| &rule.items).flat_map(|item| match &item.peers {
+            rule::Peers::List(peers) => peers.as_slice(),
+            rule::Peers::Wildcard => &[],
+        });
+        cidr::number(
+            peers
+                .filter_map(|peer| if let rule::Peer::Cidr(block) = peer { Some(block) } else { None })
+                .flat_map(|block| block.prefixes()),
+        )
+    }
+
     /// Every endpoint's policy, given every identity in use (reserved ones included, with their
-    /// `reserved:*` labels). An endpoint whose entries exceed `options.max_entries` is an error.
+    /// `reserved:*` labels; CIDR identities are added here). An endpoint whose entries exceed
+    /// `options.max_entries` is an error.
     pub fn compile(
         &self,
         endpoints: &[Endpoint],

@@ -1,6 +1,7 @@
 //! The policy language after parsing, whatever kind of object it came from: rules that select
 //! endpoints and carry per-direction items of peers and ports. CiliumNetworkPolicy and
-//! CiliumClusterwideNetworkPolicy translate to it ([`super::cnp`]); NetworkPolicy will too.
+//! CiliumClusterwideNetworkPolicy translate to it in [`super::cnp`], NetworkPolicy in
+//! [`super::knp`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -10,6 +11,7 @@ use crate::datapath::abi::identity as reserved;
 use crate::identity::{CLUSTER_NAME, Labels};
 use crate::topology::source::Location;
 
+use super::cidr::CidrPeer;
 use super::ports::{PortSpec, ProtocolSpec};
 use super::selector::{LabelKey, Selector, Source};
 
@@ -178,7 +180,10 @@ pub enum Peer {
     /// Endpoints whose identity's labels match (never reserved identities: those are entities).
     Selector(Selector),
     Entity(Entity),
-    /// A peer the lab cannot resolve yet (`toFQDNs`): it selects no identity.
+    /// Addresses: `fromCIDR`, `toCIDRSet`, `ipBlock`. Selects local CIDR identities (and world for
+    /// `0.0.0.0/0`; and, with Kubernetes semantics, pods whose address is in the block).
+    Cidr(CidrPeer),
+    /// A peer the lab cannot resolve (`toFQDNs`, an IPv6 block): it selects no identity.
     Nothing,
 }
 
@@ -219,4 +224,8 @@ pub struct Rule {
     pub default_deny_ingress: bool,
     pub default_deny_egress: bool,
     pub items: Vec<Item>,
+    /// Directions a NetworkPolicy has rules for but its `policyTypes` leaves out. Cilium 1.18
+    /// enforces them anyway (they count in the default deny flags above); with Kubernetes
+    /// semantics their items are skipped and they put nothing in default deny.
+    pub outside_policy_types: Vec<Direction>,
 }

@@ -188,15 +188,31 @@ pub(crate) struct ExpressionSpec {
 impl SelectorSpec {
     /// Checks and converts the selector; an error is `(field relative to the selector, message)`.
     pub fn to_selector(&self) -> Result<Selector, (String, String)> {
+        self.convert(LabelKey::parse)
+    }
+
+    /// A Kubernetes selector (NetworkPolicy): keys are plain label keys of source `k8s`, each
+    /// prefixed with `prefix` (`io.cilium.k8s.namespace.labels.` for a namespace selector).
+    pub fn to_k8s_selector(&self, prefix: &str) -> Result<Selector, (String, String)> {
+        self.convert(|key| {
+            if is_label_key(key) {
+                Ok(LabelKey::new(Source::K8s, &format!("{prefix}{key}")))
+            } else {
+                Err(format!("`{key}` is not a valid Kubernetes label key"))
+            }
+        })
+    }
+
+    fn convert(&self, parse_key: impl Fn(&str) -> Result<LabelKey, String>) -> Result<Selector, (String, String)> {
         let mut requirements = Vec::new();
         for (key, value) in self.match_labels.iter().flatten() {
             let field = format!("matchLabels.{key}");
-            let key = LabelKey::parse(key).map_err(|m| (field, m))?;
+            let key = parse_key(key).map_err(|m| (field, m))?;
             requirements.push(Requirement::equals(key, value));
         }
         for (i, expression) in self.match_expressions.iter().flatten().enumerate() {
             let field = |name: &str| format!("matchExpressions[{i}].{name}");
-            let key = LabelKey::parse(&expression.key).map_err(|m| (field("key"), m))?;
+            let key = parse_key(&expression.key).map_err(|m| (field("key"), m))?;
             let operator = match expression.operator.as_str() {
                 "In" => Operator::In,
                 "NotIn" => Operator::NotIn,
@@ -226,6 +242,29 @@ impl SelectorSpec {
         }
         Ok(Selector { requirements })
     }
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+pub fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let alnum_ends = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    };
+    let name_ok = (1..=63).contains(&name.len())
+        && alnum_ends(name)
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        (1..=253).contains(&p.len())
+            && p.split('.').all(|part| {
+                alnum_ends(part) && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
 }
 
 #[cfg(test)]
@@ -283,5 +322,27 @@ mod tests {
             "matchExpressions[0].values"
         );
         assert_eq!(selector("matchLabels: {'cidr:app': a}").unwrap_err().0, "matchLabels.cidr:app");
+    }
+
+    #[test]
+    fn kubernetes_selectors_have_k8s_keys_with_a_prefix() {
+        let spec: SelectorSpec =
+            serde_yaml::from_str("{matchLabels: {team: red}, matchExpressions: [{key: env, operator: Exists}]}")
+                .unwrap();
+        let s = spec.to_k8s_selector("io.cilium.k8s.namespace.labels.").unwrap();
+        assert_eq!(
+            s.to_string(),
+            "k8s:io.cilium.k8s.namespace.labels.team=red, k8s:io.cilium.k8s.namespace.labels.env"
+        );
+        let ns = labels(&[
+            ("k8s:io.cilium.k8s.namespace.labels.team", "red"),
+            ("k8s:io.cilium.k8s.namespace.labels.env", ""),
+        ]);
+        assert!(s.matches(&ns));
+        let bad: SelectorSpec = serde_yaml::from_str("matchLabels: {'k8s:app': a}").unwrap();
+        assert_eq!(bad.to_k8s_selector("").unwrap_err().0, "matchLabels.k8s:app");
+        assert!(is_label_key("app") && is_label_key("app.kubernetes.io/name") && is_label_key("a_b.c-d"));
+        assert!(!is_label_key("") && !is_label_key("-a") && !is_label_key("a b") && !is_label_key("Foo.com/a"));
+        assert!(!is_label_key(&"a".repeat(64)) && !is_label_key("/a"));
     }
 }

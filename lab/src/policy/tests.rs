@@ -12,20 +12,21 @@ use crate::identity::{LabelFilter, pod_labels, reserved_identities};
 use crate::topology::resources::Resource;
 use crate::topology::source::Location;
 
-const WEB: u32 = 1000; // namespace a, app=web (endpoint 0)
-const CLIENT_A: u32 = 1001; // namespace a, app=client (endpoint 1)
-const CLIENT_B: u32 = 1002; // namespace b, app=client (endpoint 2)
-const DB_B: u32 = 1003; // namespace b, app=db (endpoint 3)
-const PODS: [u32; 4] = [WEB, CLIENT_A, CLIENT_B, DB_B];
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+pub(super) const WEB: u32 = 1000; // namespace a, app=web (endpoint 0, 10.0.0.10)
+pub(super) const CLIENT_A: u32 = 1001; // namespace a, app=client (endpoint 1, 10.0.0.11)
+pub(super) const CLIENT_B: u32 = 1002; // namespace b, app=client (endpoint 2, 10.0.1.12)
+pub(super) const DB_B: u32 = 1003; // namespace b, app=db (endpoint 3, 10.0.1.13)
+pub(super) const PODS: [u32; 4] = [WEB, CLIENT_A, CLIENT_B, DB_B];
+pub(super) const TCP: u8 = 6;
+pub(super) const UDP: u8 = 17;
 
-struct Lab {
-    endpoints: Vec<Endpoint>,
-    identities: BTreeMap<u32, Labels>,
+pub(super) struct Lab {
+    pub endpoints: Vec<Endpoint>,
+    pub identities: BTreeMap<u32, Labels>,
 }
 
-fn lab() -> Lab {
+/// Namespaces a (team red, pods in 10.0.0.0/24) and b (team blue, pods in 10.0.1.0/24).
+pub(super) fn lab() -> Lab {
     let pods = [
         ("a", "web", WEB, 10, vec![("http", 8080, Protocol::Tcp)]),
         ("a", "client", CLIENT_A, 11, vec![]),
@@ -46,11 +47,13 @@ fn lab() -> Lab {
             "default",
         );
         identities.insert(identity, LabelFilter::default().relevant(&labels));
+        let subnet = if namespace == "a" { 0 } else { 1 };
         endpoints.push(Endpoint {
             id,
             identity,
             labels,
             namespace: namespace.to_string(),
+            ip: std::net::Ipv4Addr::new(10, 0, subnet, id as u8),
             named_ports: ports.into_iter().map(|(n, p, proto)| (n.to_string(), p, proto)).collect(),
         });
     }
@@ -58,7 +61,7 @@ fn lab() -> Lab {
 }
 
 /// The objects of a multi-document YAML text, as the topology loader makes them.
-fn resources(yaml: &str) -> Vec<Resource> {
+pub(super) fn resources(yaml: &str) -> Vec<Resource> {
     serde_yaml::Deserializer::from_str(yaml)
         .map(|document| Value::deserialize(document).expect("test YAML parses"))
         .filter(|object| !object.is_null())
@@ -87,21 +90,21 @@ fn resources(yaml: &str) -> Vec<Resource> {
 }
 
 /// A CNP in namespace `ns` with the given spec (YAML flow or block, indented for `spec:`).
-fn cnp(ns: &str, name: &str, spec: &str) -> String {
+pub(super) fn cnp(ns: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
     )
 }
 
-fn compile_in(lab: &Lab, yaml: &str, options: &Options) -> Result<Compiled, PolicyError> {
+pub(super) fn compile_in(lab: &Lab, yaml: &str, options: &Options) -> Result<Compiled, PolicyError> {
     compile(&resources(yaml), &lab.endpoints, &lab.identities, options)
 }
 
-fn compiled(yaml: &str) -> Compiled {
+pub(super) fn compiled(yaml: &str) -> Compiled {
     compile_in(&lab(), yaml, &Options::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn invalid(yaml: &str) -> Diagnostic {
+pub(super) fn invalid(yaml: &str) -> Diagnostic {
     match compile_in(&lab(), yaml, &Options::default()) {
         Err(PolicyError::Invalid(mut diagnostics)) => {
             assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
@@ -112,9 +115,9 @@ fn invalid(yaml: &str) -> Diagnostic {
 }
 
 /// An entry, readable: (key prefix, identity, egress, protocol, host-order port, deny, entry prefix).
-type Row = (u32, u32, u8, u8, u16, u8, u8);
+pub(super) type Row = (u32, u32, u8, u8, u16, u8, u8);
 
-fn rows(policy: &EndpointPolicy) -> Vec<Row> {
+pub(super) fn rows(policy: &EndpointPolicy) -> Vec<Row> {
     policy
         .entries
         .iter()
@@ -122,17 +125,17 @@ fn rows(policy: &EndpointPolicy) -> Vec<Row> {
         .collect()
 }
 
-fn identities_of(policy: &EndpointPolicy, egress: u8) -> BTreeSet<u32> {
+pub(super) fn identities_of(policy: &EndpointPolicy, egress: u8) -> BTreeSet<u32> {
     policy.entries.keys().filter(|k| k.egress == egress).map(|k| k.identity).collect()
 }
 
-fn verdict(policy: &EndpointPolicy, identity: u32, egress: bool, protocol: u8, port: u16) -> Verdict {
+pub(super) fn verdict(policy: &EndpointPolicy, identity: u32, egress: bool, protocol: u8, port: u16) -> Verdict {
     lookup(policy, identity, egress, protocol, port).verdict
 }
 
 /// No allow may be covered by a deny of the same direction, identity or 0, and a containing
 /// protocol/port prefix: the invariant bpf/lib/policy.h relies on.
-fn assert_no_covered_allow(policy: &EndpointPolicy) {
+pub(super) fn assert_no_covered_allow(policy: &EndpointPolicy) {
     for (allow, entry) in policy.entries.iter().filter(|(_, e)| e.deny == 0) {
         for (deny, _) in policy.entries.iter().filter(|(_, e)| e.deny != 0) {
             let same_identity = deny.identity == allow.identity || deny.identity == 0;
@@ -517,8 +520,13 @@ fn too_many_entries_is_an_error_naming_endpoint_and_policies() {
     );
     let lab = lab();
     // 16 blocks for TCP and for UDP, plus host: 33 entries for web, 1 for the client
-    assert_eq!(compile_in(&lab, &yaml, &Options { max_entries: 33 }).unwrap().endpoints[0].entries.len(), 33);
-    let Err(PolicyError::Capacity(errors)) = compile_in(&lab, &yaml, &Options { max_entries: 32 }) else {
+    assert_eq!(
+        compile_in(&lab, &yaml, &Options { max_entries: 33, ..Options::default() }).unwrap().endpoints[0].entries.len(),
+        33
+    );
+    let Err(PolicyError::Capacity(errors)) =
+        compile_in(&lab, &yaml, &Options { max_entries: 32, ..Options::default() })
+    else {
         panic!("expected a capacity error");
     };
     assert_eq!(errors.len(), 1);
@@ -581,7 +589,22 @@ fn invalid_policies_name_file_location_and_field() {
             "spec.ingress[0].toPorts[0].ports[0].port",
             "neither a port number nor a port name",
         ),
-        (format!("{{{web}, egress: [{{toCIDR: [10.0.0.0/8]}}]}}"), "spec.egress[0].toCIDR", "not supported"),
+        (
+            format!("{{{web}, egress: [{{toCIDRSet: [{{cidrGroupRef: office}}]}}]}}"),
+            "spec.egress[0].toCIDRSet[0].cidrGroupRef",
+            "not supported",
+        ),
+        (format!("{{{web}, egress: [{{toCIDR: [10.0.0.0/33]}}]}}"), "spec.egress[0].toCIDR[0]", "not a CIDR"),
+        (
+            format!("{{{web}, ingress: [{{fromCIDRSet: [{{cidr: 10.0.0.0/8, except: [nope]}}]}}]}}"),
+            "spec.ingress[0].fromCIDRSet[0].except[0]",
+            "not a CIDR",
+        ),
+        (
+            format!("{{{web}, egress: [{{toEndpoints: [{{}}], toCIDR: [10.0.0.0/8]}}]}}"),
+            "spec.egress[0].toCIDR",
+            "combining `toEndpoints` and `toCIDR`",
+        ),
         (format!("{{{web}, ingress: [{{icmps: [{{fields: [{{type: 8}}]}}]}}]}}"), "spec.ingress[0].icmps", "ICMP"),
         (
             format!("{{{web}, ingressDeny: [{{toPorts: [{{ports: [{{port: '80'}}], rules: {{http: [{{}}]}}}}]}}]}}"),
@@ -619,12 +642,8 @@ fn invalid_policies_name_file_location_and_field() {
         format!("{}---\n{}", cnp("a", "x", "{ingress: [{}]}"), cnp("a", "y", "{endpointSelector: {}, egres: []}"));
     let Err(PolicyError::Invalid(all)) = compile_in(&lab(), &two, &Options::default()) else { panic!() };
     assert_eq!(all.iter().map(|d| d.location.unwrap().line).collect::<Vec<_>>(), [3, 13]);
-    // kinds that are not policies are skipped; NetworkPolicy is not supported yet
+    // kinds that are not policies are skipped
     assert!(compiled("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {nonsense: 1}\n").rules.is_empty());
-    let d = invalid(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: k}\nspec: {podSelector: {}}\n",
-    );
-    assert!(d.message.contains("not supported"), "{d}");
 }
 
 #[test]

@@ -124,7 +124,8 @@ pub fn load_str(file: &Path, text: &str) -> Result<Loaded, TopologyError> {
     let base = file.parent().unwrap_or(Path::new("."));
     let namespaces: Vec<&str> =
         topology.namespaces.iter().map(|n| n.name.as_str()).chain(std::iter::once("default")).collect();
-    let resources = match resources::load(file, &map, &namespaces, base, &topology.resources) {
+    let accept = resources::Accept { namespaces: Some(&namespaces), label_objects: false };
+    let resources = match resources::load(file, &map, accept, base, &topology.resources) {
         Ok(resources) => resources,
         Err(mut diagnostics) => {
             errors.append(&mut diagnostics);

@@ -81,6 +81,14 @@ pub struct Cluster {
     /// A policy that does not fit is refused, never applied in part.
     #[serde(default = "Cluster::default_policy_map_size")]
     pub policy_map_size: u32,
+    /// Cilium's policy enforcement mode: `default` (an endpoint is enforced in a direction once
+    /// a policy selects it there), `always` (every endpoint, default deny) or `never`.
+    #[serde(default)]
+    pub policy_enforcement: PolicyEnforcement,
+    /// Whose reading of NetworkPolicy to follow where Cilium and the Kubernetes API differ (see
+    /// docs/policy-semantics.md): `cilium` (1.18's behaviour) or `kubernetes`.
+    #[serde(default)]
+    pub policy_semantics: PolicySemantics,
     /// Which labels make a pod's identity, in Cilium's `--labels` syntax: `k8s:app` includes,
     /// `!k8s:version` excludes. By default, Cilium's default label filter.
     #[serde(default)]
@@ -115,6 +123,8 @@ impl Default for Cluster {
             mtu: Self::default_mtu(),
             attach: AttachMode::default(),
             policy_map_size: Self::default_policy_map_size(),
+            policy_enforcement: PolicyEnforcement::default(),
+            policy_semantics: PolicySemantics::default(),
             identity_labels: Vec::new(),
         }
     }
@@ -149,6 +159,25 @@ pub enum AttachMode {
     Netlink,
     /// TCX links (kernel 6.6+), pinned under the lab's bpffs folder.
     Tcx,
+}
+
+/// Cilium's `--enable-policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyEnforcement {
+    #[default]
+    Default,
+    Always,
+    Never,
+}
+
+/// Where Cilium's NetworkPolicy differs from the Kubernetes API definition, which to follow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySemantics {
+    #[default]
+    Cilium,
+    Kubernetes,
 }
 
 /// A Kubernetes node.

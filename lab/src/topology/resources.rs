@@ -22,7 +22,7 @@ const KINDS: &[(&str, &str, bool)] = &[
 ];
 
 /// One Kubernetes object and where it was written.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Resource {
     pub api_version: String,
     pub kind: String,
@@ -67,12 +67,23 @@ impl Document {
     }
 }
 
-/// Loads every entry of `resources:`. `map` is the topology file's own, for objects written in it;
-/// `namespaces` are the ones objects may live in.
+/// Which objects a load accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Accept<'a> {
+    /// The namespaces objects may live in; `None` leaves that to the caller.
+    pub namespaces: Option<&'a [&'a str]>,
+    /// `v1 Pod` and `v1 Namespace` objects, whose labels `lab apply` sets.
+    pub label_objects: bool,
+}
+
+/// Kinds that only carry labels for a running lab's pods and namespaces.
+const LABEL_KINDS: &[(&str, &str, bool)] = &[("v1", "Pod", true), ("v1", "Namespace", false)];
+
+/// Loads every entry of `resources:`. `map` is the topology file's own, for objects written in it.
 pub fn load(
     topology_file: &Path,
     map: &SourceMap,
-    namespaces: &[&str],
+    accept: Accept,
     base: &Path,
     entries: &[ResourceEntry],
 ) -> Result<Vec<Resource>, Vec<Diagnostic>> {
@@ -111,7 +122,7 @@ pub fn load(
 
     let mut resources = Vec::new();
     for document in &documents {
-        collect(document, &document.value, "", &mut resources, &mut errors);
+        collect(document, &document.value, "", accept.label_objects, &mut resources, &mut errors);
     }
 
     // The first definition of each kind + namespace + name.
@@ -134,7 +145,7 @@ pub fn load(
         } else {
             seen.insert(key, resource);
         }
-        if let Some(namespace) = &resource.namespace
+        if let (Some(namespace), Some(namespaces)) = (&resource.namespace, accept.namespaces)
             && !namespaces.contains(&namespace.as_str())
         {
             errors.push(Diagnostic {
@@ -180,7 +191,14 @@ fn parse_documents(
     }
 }
 
-fn collect(document: &Document, value: &Value, path: &str, out: &mut Vec<Resource>, errors: &mut Vec<Diagnostic>) {
+fn collect(
+    document: &Document,
+    value: &Value,
+    path: &str,
+    label_objects: bool,
+    out: &mut Vec<Resource>,
+    errors: &mut Vec<Diagnostic>,
+) {
     let join = |field: &str| if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
     let Some(object) = value.as_mapping() else {
         errors.push(document.error(path, "expected a Kubernetes object (a mapping with apiVersion and kind)"));
@@ -196,14 +214,15 @@ fn collect(document: &Document, value: &Value, path: &str, out: &mut Vec<Resourc
         && let Some(items) = object.get("items").and_then(Value::as_sequence)
     {
         for (i, item) in items.iter().enumerate() {
-            collect(document, item, &join(&format!("items[{i}]")), out, errors);
+            collect(document, item, &join(&format!("items[{i}]")), label_objects, out, errors);
         }
         return;
     }
 
-    let Some(&(_, _, namespaced)) = KINDS.iter().find(|(v, k, _)| *v == api_version && *k == kind) else {
-        let known: Vec<String> = KINDS.iter().map(|(v, k, _)| format!("{v} {k}")).collect();
-        let field = if KINDS.iter().any(|(_, k, _)| *k == kind) { "apiVersion" } else { "kind" };
+    let kinds = KINDS.iter().chain(if label_objects { LABEL_KINDS } else { &[] });
+    let Some(&(_, _, namespaced)) = kinds.clone().find(|(v, k, _)| *v == api_version && *k == kind) else {
+        let known: Vec<String> = kinds.clone().map(|(v, k, _)| format!("{v} {k}")).collect();
+        let field = if kinds.clone().any(|(_, k, _)| *k == kind) { "apiVersion" } else { "kind" };
         errors.push(
             document.error(
                 &join(field),
