@@ -118,3 +118,36 @@ async fn icmp(from: &File, to: Ipv4Addr) -> io::Result<()> {
     let len = socket.recv(&mut reply).await?;
     if len >= 8 && reply[0] == 0 && &reply[8..len] == PAYLOAD { Ok(()) } else { Err(mismatch()) }
 }
+
+/// Probes every pod of `pods` to every pod of `pods` on `kind`, many at once, and returns the
+/// netpol-style truth table (`.` connected, `X` not; rows are senders).
+pub fn matrix(pods: &[&crate::plan::PodPlan], kind: Kind, wait: Duration) -> std::io::Result<String> {
+    use futures::StreamExt;
+    let files: Vec<File> = pods.iter().map(|p| netns::open(&p.netns)).collect::<std::io::Result<_>>()?;
+    let n = pods.len();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let outcomes: Vec<(usize, usize, Outcome)> = runtime.block_on(
+        futures::stream::iter((0..n).flat_map(|a| (0..n).map(move |b| (a, b))))
+            .map(|(a, b)| {
+                let (file, ip) = (&files[a], pods[b].ip);
+                async move { (a, b, probe(file, ip, kind, wait).await) }
+            })
+            .buffer_unordered(96)
+            .collect(),
+    );
+    let mut table = vec![vec!['?'; n]; n];
+    for (a, b, outcome) in outcomes {
+        table[a][b] = if outcome == Outcome::Connected { '.' } else { 'X' };
+    }
+    Ok(render_matrix(&pods.iter().map(|p| p.id()).collect::<Vec<_>>(), &table))
+}
+
+/// The netpol e2e layout: tab-separated, a header row of destinations, a row per source.
+pub fn render_matrix(names: &[String], table: &[Vec<char>]) -> String {
+    let mut out = format!("-\t{}\n", names.join("\t"));
+    for (name, row) in names.iter().zip(table) {
+        let cells: Vec<String> = row.iter().map(char::to_string).collect();
+        out.push_str(&format!("{name}\t{}\n", cells.join("\t")));
+    }
+    out
+}

@@ -6,7 +6,6 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use futures::StreamExt;
 
 use crate::net::netns;
 use crate::plan::Plan;
@@ -73,34 +72,12 @@ pub fn matrix(lab: &str, kind: Kind, namespaces: &[String], wait: Duration) -> R
     let plan = LabDir::of(lab).read_plan()?;
     let pods: Vec<_> =
         plan.pods.iter().filter(|p| namespaces.is_empty() || namespaces.contains(&p.namespace)).collect();
-    let files: Vec<std::fs::File> = pods.iter().map(|p| netns::open(&p.netns)).collect::<Result<_, _>>()?;
-    let pairs: Vec<(usize, usize)> = (0..pods.len()).flat_map(|a| (0..pods.len()).map(move |b| (a, b))).collect();
-    let outcomes: Vec<(usize, usize, Outcome)> = runtime()?.block_on(
-        futures::stream::iter(pairs)
-            .map(|(a, b)| {
-                let (file, ip) = (&files[a], pods[b].ip);
-                async move { (a, b, probe::probe(file, ip, kind, wait).await) }
-            })
-            .buffer_unordered(64)
-            .collect(),
-    );
-    let mut table = vec![vec!['?'; pods.len()]; pods.len()];
-    for (a, b, outcome) in outcomes {
-        table[a][b] = if outcome == Outcome::Connected { '.' } else { 'X' };
-    }
-    print!("{}", render_matrix(&pods.iter().map(|p| p.id()).collect::<Vec<_>>(), &table));
+    print!("{}", probe::matrix(&pods, kind, wait)?);
     Ok(())
 }
 
-/// The netpol e2e layout: tab-separated, a header row of destinations, a row per source.
-pub fn render_matrix(names: &[String], table: &[Vec<char>]) -> String {
-    let mut out = format!("-\t{}\n", names.join("\t"));
-    for (name, row) in names.iter().zip(table) {
-        let cells: Vec<String> = row.iter().map(char::to_string).collect();
-        out.push_str(&format!("{name}\t{}\n", cells.join("\t")));
-    }
-    out
-}
+/// The netpol e2e layout (see [`probe::render_matrix`]).
+pub use probe::render_matrix;
 
 /// `1s`, `500ms`, or a number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

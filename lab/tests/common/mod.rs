@@ -233,22 +233,6 @@ pub fn dropped(lab: &str, reason: u8) -> u64 {
 
 /// Probes every pod to every pod on `kind` and renders the netpol-style `.`/`X` truth table.
 pub fn probed_matrix(plan: &Plan, kind: lab::probe::Kind) -> String {
-    use futures::StreamExt;
-    let files: Vec<std::fs::File> = plan.pods.iter().map(|p| lab::net::netns::open(&p.netns).unwrap()).collect();
-    let n = plan.pods.len();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let outcomes: Vec<(usize, usize, lab::probe::Outcome)> = runtime.block_on(
-        futures::stream::iter((0..n).flat_map(|a| (0..n).map(move |b| (a, b))))
-            .map(|(a, b)| {
-                let (file, ip) = (&files[a], plan.pods[b].ip);
-                async move { (a, b, lab::probe::probe(file, ip, kind, std::time::Duration::from_millis(500)).await) }
-            })
-            .buffer_unordered(64)
-            .collect(),
-    );
-    let mut table = vec![vec!['?'; n]; n];
-    for (a, b, outcome) in outcomes {
-        table[a][b] = if outcome == lab::probe::Outcome::Connected { '.' } else { 'X' };
-    }
-    lab::cmd::probe::render_matrix(&plan.pods.iter().map(|p| p.id()).collect::<Vec<_>>(), &table)
+    let pods: Vec<&lab::plan::PodPlan> = plan.pods.iter().collect();
+    lab::probe::matrix(&pods, kind, std::time::Duration::from_millis(500)).unwrap()
 }
