@@ -3,13 +3,15 @@
 //! [`up`] times bring-up and teardown of synthetic clusters, and of the same clusters built by a
 //! bash script of `ip` commands, one process per operation, as containerlab and Mininet do it.
 //! [`datapath`] measures TCP between two pods through the eBPF datapath against the same pods
-//! with no program attached, and the cost of a full policy map.
+//! with no program attached, and the cost of a full policy map. [`policy`] times compiling many
+//! rules and applying a changed rule to a running lab until the datapath enforces it.
 //!
 //! Every lab a benchmark builds, the `ip` one included, is recorded in `/run/lab` before anything
 //! is created, and a guard removes it however the benchmark ends (error, panic or Ctrl-C): a run
 //! leaves nothing behind, and `lab down --all` cleans up after a crash.
 
 pub mod datapath;
+pub mod policy;
 mod traffic;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,8 @@
 //! The Kubernetes NetworkPolicy conformance cases of `topologies/conformance/cases/`: each runs in
 //! a fresh lab of `topologies/conformance/cluster.yaml`, step by step, and every expected
 //! reachability matrix is compared with the one probed through the real datapath (the format is
-//! documented in the cases' README.md).
+//! documented in the cases' README.md). Each is also compared with the matrix computed from the
+//! compiled policy ([`crate::explain::matrix`]), which must equal the probed one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -77,29 +78,43 @@ pub struct Comparison {
     pub probe: String,
     pub expected: String,
     pub probed: String,
+    /// What `lab policy --matrix` computes from the compiled policy, without sending packets.
+    pub computed: String,
 }
 
 impl Comparison {
-    /// Cells that differ, the diagonal (a pod reaching itself over loopback, which upstream
-    /// ignores too) aside.
+    /// Cells where the probed matrix differs from the expectation, the diagonal (a pod reaching
+    /// itself over loopback, which upstream ignores too) aside.
     pub fn wrong(&self) -> Vec<(String, String)> {
-        let parse = |text: &str| -> Vec<Vec<String>> {
-            text.lines().map(|l| l.split('\t').map(str::to_string).collect()).collect()
-        };
-        let (expected, probed) = (parse(&self.expected), parse(&self.probed));
-        let mut wrong = Vec::new();
-        for (row, (e, p)) in expected.iter().zip(&probed).enumerate().skip(1) {
-            for (column, (a, b)) in e.iter().zip(p).enumerate().skip(1) {
-                if a != b && row != column {
-                    wrong.push((e[0].clone(), expected[0][column].clone()));
-                }
+        differing(&self.expected, &self.probed)
+    }
+
+    /// Cells where the matrix computed from the policy differs from the probed one, the diagonal
+    /// aside.
+    pub fn miscomputed(&self) -> Vec<(String, String)> {
+        differing(&self.computed, &self.probed)
+    }
+}
+
+/// The (row, column) names of the cells where two truth tables differ, the diagonal aside; a
+/// difference in shape is one more entry, `("matrix", "shape")`.
+pub fn differing(a: &str, b: &str) -> Vec<(String, String)> {
+    let parse = |text: &str| -> Vec<Vec<String>> {
+        text.lines().map(|l| l.split('\t').map(str::to_string).collect()).collect()
+    };
+    let (a, b) = (parse(a), parse(b));
+    let mut wrong = Vec::new();
+    for (row, (x, y)) in a.iter().zip(&b).enumerate().skip(1) {
+        for (column, (p, q)) in x.iter().zip(y).enumerate().skip(1) {
+            if p != q && row != column {
+                wrong.push((x[0].clone(), a[0][column].clone()));
             }
         }
-        if expected.len() != probed.len() {
-            wrong.push(("matrix".into(), "shape".into()));
-        }
-        wrong
     }
+    if a.len() != b.len() || a.first() != b.first() {
+        wrong.push(("matrix".into(), "shape".into()));
+    }
+    wrong
 }
 
 fn parse_delete(text: &str) -> Result<(String, Option<String>, String)> {
@@ -138,7 +153,9 @@ pub fn run(case_file: &Path, cluster: &Path, lab: &str, semantics: PolicySemanti
             namespace_labels: step.namespace_labels.clone(),
         };
         live::apply(lab, &change).with_context(|| format!("step {index}"))?;
-        let plan = LabDir::of(lab).read_plan()?;
+        let dir = LabDir::of(lab);
+        let plan = dir.read_plan()?;
+        let compiled = live::compile(&plan, &dir.read_sources()?.1)?;
         for expectation in &step.expect {
             let kind = crate::cmd::probe::parse_kind(&expectation.probe).map_err(anyhow::Error::msg)?;
             comparisons.push(Comparison {
@@ -146,6 +163,7 @@ pub fn run(case_file: &Path, cluster: &Path, lab: &str, semantics: PolicySemanti
                 probe: expectation.probe.clone(),
                 expected: Case::expected(expectation, semantics).trim_end().to_string(),
                 probed: probed_matrix(&plan, kind)?.trim_end().to_string(),
+                computed: crate::explain::matrix(&plan, &compiled, kind).trim_end().to_string(),
             });
         }
     }
@@ -184,5 +202,19 @@ impl Drop for RemoveOnDrop {
         {
             eprintln!("removing lab {}: {e:#}", self.0.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_cells_are_named_and_the_diagonal_ignored() {
+        let a = "-\tx/a\tx/b\nx/a\t.\t.\nx/b\t.\t.";
+        let b = "-\tx/a\tx/b\nx/a\tX\tX\nx/b\t.\t.";
+        assert_eq!(differing(a, b), vec![("x/a".to_string(), "x/b".to_string())]);
+        assert!(differing(a, a).is_empty());
+        assert_eq!(differing(a, "-\tx/b\tx/a\nx/b\t.\t.\nx/a\t.\t."), vec![("matrix".into(), "shape".into())]);
     }
 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cmd;
 pub mod conformance;
 pub mod datapath;
+pub mod explain;
 pub mod flow;
 pub mod identity;
 pub mod live;

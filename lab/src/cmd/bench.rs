@@ -3,6 +3,9 @@
 //!
 //! `lab bench datapath [--seconds 3]`: TCP between two pods through the datapath, against the same
 //! pods with no program attached, and with a small and a full policy map.
+//!
+//! `lab bench policy`: compiling 10,000 rules over 5,000 identities, and one changed rule applied
+//! to 1,000 endpoints of a running lab until the datapath enforces it, with the memory used.
 
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use serde_json::json;
 
 use super::ls::Format;
 use crate::bench::datapath::{self, DatapathResult, LARGE_MAP, REPEATS, Row, SMALL_MAP, Setup, thousands};
+use crate::bench::policy::{self as policy_bench, PolicyResult, Step};
 use crate::bench::{self, UpResult};
 
 /// The acceptance targets, set for this many pods on two cores.
@@ -24,6 +28,10 @@ const TARGET_VS_BARE: f64 = 0.9;
 const TARGET_MAP_LOSS: f64 = 0.1;
 /// Other processes keeping more cores than this busy make the datapath benchmark unreliable.
 const NOISY_LOAD: f64 = 0.1;
+/// Compiling every rule, on two cores.
+const TARGET_COMPILE: Duration = Duration::from_secs(1);
+/// One changed rule, from `lab apply` to the datapath enforcing it on every endpoint.
+const TARGET_ENFORCED: Duration = Duration::from_millis(50);
 
 pub fn up(pods: &[usize], nodes: usize, format: Format) -> Result<()> {
     super::require_root()?;
@@ -277,6 +285,177 @@ fn print_datapath_table(result: &DatapathResult, verdicts: &[Verdict]) {
         println!("The runs were disturbed: the ratios carry that noise (bare is always measured first, the");
         println!("datapath after it). Run the benchmark again on a quiet host.");
     }
+    println!();
+    for v in verdicts {
+        println!("target {}: {} ({})", v.target, if v.met { "met" } else { "MISSED" }, v.measured);
+    }
+}
+
+pub fn policy(format: Format) -> Result<()> {
+    super::require_root()?;
+    let result = policy_bench::run(|step| match step {
+        Step::Compiled(c) => eprintln!(
+            "compile: {} rules over {} identities in {} ms (runs: {})",
+            thousands(c.rules),
+            thousands(c.identities),
+            ms(c.median()),
+            runs(&c.total)
+        ),
+        Step::LabUp(took) => {
+            eprintln!("lab of {} pods up with its datapath in {} ms", thousands(policy_bench::ENDPOINTS + 1), ms(took))
+        }
+        Step::Applied { run, applied, enforced } => {
+            eprintln!("run {run}: applied in {:.1} ms, enforced after {:.1} ms", fine_ms(applied), fine_ms(enforced))
+        }
+    })?;
+    let verdicts = policy_verdicts(&result);
+    match format {
+        Format::Json => {
+            let (c, a) = (&result.compile, &result.apply);
+            let list = |samples: &[Duration]| samples.iter().map(|d| fine_ms(*d)).collect::<Vec<_>>();
+            let targets: Vec<_> =
+                verdicts.iter().map(|v| json!({"target": v.target, "met": v.met, "measured": v.measured})).collect();
+            let report = json!({
+                "cores": cores(), "repeats": policy_bench::REPEATS,
+                "compile": {
+                    "rules": c.rules, "ruleItems": c.items, "identities": c.identities, "endpoints": c.endpoints,
+                    "cidrIdentities": c.cidr_identities, "entries": c.entries, "maxEntriesPerEndpoint": c.max_entries,
+                    "ms": fine_ms(c.median()), "samplesMs": list(&c.total),
+                    "parseMs": fine_ms(c.median_parse()), "parseSamplesMs": list(&c.parse),
+                    "peakRssBytes": c.peak_rss,
+                },
+                "apply": {
+                    "endpoints": a.endpoints, "pods": a.pods, "nodes": a.nodes, "labUpMs": fine_ms(a.lab_up),
+                    "appliedMs": fine_ms(a.median_applied()), "appliedSamplesMs": list(&a.applied),
+                    "enforcedMs": fine_ms(a.median_enforced()), "enforcedSamplesMs": list(&a.enforced),
+                    "changedEndpoints": a.changed, "pings": a.pings,
+                    "pinnedMaps": a.maps, "pinnedMapsMemlockBytes": a.maps_memlock,
+                    "policyMaps": a.policy_maps, "policyMapsMemlockBytes": a.policy_maps_memlock,
+                },
+                "peakRssBytes": result.peak_rss, "targets": targets,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Format::Table => print_policy_table(&result, &verdicts),
+    }
+    Ok(())
+}
+
+/// Milliseconds with their fraction.
+fn fine_ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn runs(samples: &[Duration]) -> String {
+    samples.iter().map(|d| format!("{:.1}", fine_ms(*d))).collect::<Vec<_>>().join(", ")
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn policy_verdicts(result: &PolicyResult) -> Vec<Verdict> {
+    let (c, a) = (&result.compile, &result.apply);
+    vec![
+        Verdict {
+            target: format!(
+                "compile {} rules over {} identities in under {} ms",
+                thousands(c.rules),
+                thousands(c.identities),
+                ms(TARGET_COMPILE)
+            ),
+            met: c.median() < TARGET_COMPILE,
+            measured: format!("{:.0} ms", fine_ms(c.median())),
+        },
+        Verdict {
+            target: format!(
+                "one changed rule applied to {} endpoints until enforced in under {} ms",
+                thousands(a.endpoints),
+                ms(TARGET_ENFORCED)
+            ),
+            met: a.median_enforced() < TARGET_ENFORCED,
+            measured: format!(
+                "{:.1} ms until a probe got through; `lab apply` returned after {:.1} ms",
+                fine_ms(a.median_enforced()),
+                fine_ms(a.median_applied())
+            ),
+        },
+    ]
+}
+
+fn print_policy_table(result: &PolicyResult, verdicts: &[Verdict]) {
+    let (c, a) = (&result.compile, &result.apply);
+    let header = ["measurement", "median (ms)", "runs (ms)"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let mut row = |what: String, samples: &[Duration]| {
+        rows.push(vec![what, format!("{:.1}", fine_ms(policy_bench::median(samples))), runs(samples)]);
+    };
+    row(format!("compile {} rules, {} identities", thousands(c.rules), thousands(c.identities)), &c.total);
+    row("  of which parse and check".to_string(), &c.parse);
+    row(format!("apply 1 rule to {} endpoints", thousands(a.endpoints)), &a.applied);
+    row("  until enforced (probe)".to_string(), &a.enforced);
+    let widths: Vec<usize> =
+        (0..header.len()).map(|i| rows.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, &width))| if i == 0 { format!("{cell:<width$}") } else { format!("{cell:>width$}") })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    println!();
+    println!(
+        "Medians of {} runs, on {} cores. compile: `policy::compile` (parse, check, resolve selectors,",
+        policy_bench::REPEATS,
+        cores()
+    );
+    println!(
+        "build every endpoint's map) of {} rules ({} rule items; L3-L4 allows, port ranges across",
+        thousands(c.rules),
+        thousands(c.items)
+    );
+    println!(
+        "namespaces, egress to pods and the world, denies, CIDR sets, NetworkPolicies) over {} identities,",
+        thousands(c.identities)
+    );
+    println!(
+        "one endpoint each: {} map entries in all, at most {} for one endpoint, {} CIDR identities.",
+        thousands(c.entries),
+        thousands(c.max_entries),
+        c.cidr_identities
+    );
+    println!(
+        "apply: `lab apply` of one CiliumNetworkPolicy rule that selects {} pods of a running lab ({} pods",
+        thousands(a.endpoints),
+        thousands(a.pods)
+    );
+    println!(
+        "on {} nodes, up in {} ms), changed from TCP/80 to everything from a prober pod: every selected",
+        a.nodes,
+        ms(a.lab_up)
+    );
+    println!(
+        "map rewritten ({} per run). until enforced: from the start of `lab apply` until a ping from the",
+        a.changed.iter().map(|n| thousands(*n)).collect::<Vec<_>>().join(", ")
+    );
+    println!("prober, repeated every 2 ms all along, reached the pod whose map is written last; every map was");
+    println!("then checked to hold the change.");
+    println!();
+    println!(
+        "Memory: peak resident set {} after the compile, {} at the end. The lab's {} pinned maps: {}",
+        mib(c.peak_rss),
+        mib(result.peak_rss),
+        thousands(a.maps),
+        mib(a.maps_memlock)
+    );
+    println!(
+        "(memlock, as bpftool shows it), of which {} policy maps of {} entries at most: {}.",
+        thousands(a.policy_maps),
+        policy_bench::POLICY_MAP_SIZE,
+        mib(a.policy_maps_memlock)
+    );
     println!();
     for v in verdicts {
         println!("target {}: {} ({})", v.target, if v.met { "met" } else { "MISSED" }, v.measured);

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod ls;
 pub mod metrics;
 pub mod observe;
+pub mod policy;
 pub mod probe;
 pub mod up;
 pub mod validate;
