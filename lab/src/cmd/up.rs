@@ -28,11 +28,16 @@ pub fn run(file: &Path, name: Option<&str>) -> Result<()> {
         plan.routing_mode,
         started.elapsed().as_millis()
     );
+    let mut hints = vec![(format!("lab ls {name}"), "what it is made of")];
     if let Some(pod) = plan.pods.first() {
-        println!("  lab ls {name}                      what it is made of");
-        println!("  lab exec {name} {} -- ip addr    run a command in a pod", pod.name);
+        hints.push((format!("lab exec {name} {} -- ip addr", pod.name), "run a command in a pod"));
+        hints.push((format!("lab observe {name} -f"), "watch the datapath's verdicts"));
     }
-    println!("  lab down {name}                    remove it");
+    hints.push((format!("lab down {name}"), "remove it"));
+    let width = hints.iter().map(|(command, _)| command.len()).max().unwrap_or(0);
+    for (command, what) in hints {
+        println!("  {command:width$}    {what}");
+    }
     Ok(())
 }
 
