@@ -57,9 +57,10 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct packet *p
 	__u32 enforced = egress ? ENDPOINT_F_EGRESS_ENFORCED : ENDPOINT_F_INGRESS_ENFORCED;
 	struct ct_entry *entry;
 	__u8 matched = MATCH_NONE;
+	__u64 now = bpf_ktime_get_ns();
 	int ret, status;
 
-	status = ct_lookup(p, meta->direction, ENDPOINT_ID, &entry, report);
+	status = ct_lookup(p, meta->direction, ENDPOINT_ID, now, &entry, report);
 	meta->ct_status = status;
 	meta->is_reply = status == CT_REPLY;
 	if (status == CT_REPLY)
@@ -73,11 +74,11 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct packet *p
 			return drop(skb, meta, ret);
 	}
 	if (status == CT_NEW) {
-		ret = ct_create(p, meta->direction, ENDPOINT_ID, meta->src_identity);
+		ret = ct_create(p, meta->direction, ENDPOINT_ID, meta->src_identity, now);
 		if (ret < 0)
 			return drop(skb, meta, ret);
 	} else {
-		*report = ct_update(entry, p, false);
+		*report = ct_update(entry, p, false, now);
 	}
 	return TC_ACT_UNSPEC;
 }
