@@ -83,6 +83,9 @@ pub struct CompileResult {
     /// Per run: parsing (checking and translating), then parsing and compiling.
     pub parse: Vec<Duration>,
     pub total: Vec<Duration>,
+    /// Per run: the CPU time the compiling thread used for `total` (the engine runs on one
+    /// thread); less than `total` when other processes took the core.
+    pub cpu: Vec<Duration>,
     /// VmHWM after the runs, in bytes.
     pub peak_rss: u64,
 }
@@ -94,6 +97,10 @@ impl CompileResult {
 
     pub fn median_parse(&self) -> Duration {
         median(&self.parse)
+    }
+
+    pub fn median_cpu(&self) -> Duration {
+        median(&self.cpu)
     }
 }
 
@@ -120,6 +127,9 @@ pub struct ApplyResult {
     /// Of which the endpoints' policy maps.
     pub policy_maps: usize,
     pub policy_maps_memlock: u64,
+    /// The same by map (`lab_ct_tcp`, `policy_<id>`, ...), summed over nodes and endpoints:
+    /// name → (maps, bytes).
+    pub maps_by_name: BTreeMap<String, (usize, u64)>,
 }
 
 impl ApplyResult {
@@ -165,7 +175,9 @@ pub fn run(mut on_step: impl FnMut(Step)) -> Result<PolicyResult> {
     let compile = compile_benchmark(&interrupt).context("benchmarking the compiler")?;
     on_step(Step::Compiled(&compile));
     let apply = apply_benchmark(&interrupt, &mut on_step).context("benchmarking a change to a running lab")?;
-    Ok(PolicyResult { compile, apply, peak_rss: peak_rss()? })
+    // VmHWM never falls, but the kernel's RSS counters are approximate: keep the larger reading.
+    let peak_rss = peak_rss()?.max(compile.peak_rss);
+    Ok(PolicyResult { compile, apply, peak_rss })
 }
 
 /// The synthetic cluster the compiler is measured on.
@@ -318,10 +330,11 @@ fn synthetic_rule(i: usize) -> Resource {
 fn compile_benchmark(interrupt: &Interrupt) -> Result<CompileResult> {
     let input = synthetic();
     let options = Options::default();
-    let (mut parse, mut total) = (Vec::new(), Vec::new());
+    let (mut parse, mut total, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut last = None;
     for _ in 0..REPEATS {
         interrupt.check()?;
+        let cpu_before = thread_cpu_time()?;
         let started = Instant::now();
         let set = PolicySet::parse(&input.resources)
             .map_err(|e| anyhow::anyhow!("the synthetic rules are invalid: {}", e[0]))?;
@@ -330,6 +343,7 @@ fn compile_benchmark(interrupt: &Interrupt) -> Result<CompileResult> {
             .compile(&input.endpoints, &input.identities, &options)
             .map_err(|e| anyhow::anyhow!("the synthetic rules do not fit: {}", e[0]))?;
         total.push(started.elapsed());
+        cpu.push(thread_cpu_time()?.saturating_sub(cpu_before));
         last = Some((set.rules().len(), compiled));
     }
     let (items, compiled) = last.expect("at least one run");
@@ -344,6 +358,7 @@ fn compile_benchmark(interrupt: &Interrupt) -> Result<CompileResult> {
         max_entries: sizes.max().unwrap_or(0),
         parse,
         total,
+        cpu,
         peak_rss: peak_rss()?,
     })
 }
@@ -432,6 +447,7 @@ fn apply_benchmark(interrupt: &Interrupt, on_step: &mut impl FnMut(Step)) -> Res
         maps_memlock: 0,
         policy_maps: 0,
         policy_maps_memlock: 0,
+        maps_by_name: BTreeMap::new(),
     };
     for run in 1..=REPEATS {
         interrupt.check()?;
@@ -491,6 +507,16 @@ fn apply_benchmark(interrupt: &Interrupt, on_step: &mut impl FnMut(Step)) -> Res
     let policy: Vec<&(PathBuf, u64)> = memory.iter().filter(|(path, _)| is_policy_map(path)).collect();
     result.policy_maps = policy.len();
     result.policy_maps_memlock = policy.iter().map(|(_, bytes)| bytes).sum();
+    for (path, bytes) in &memory {
+        let name = if is_policy_map(path) {
+            "policy_<id>".to_string()
+        } else {
+            path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        };
+        let (count, total) = result.maps_by_name.entry(name).or_default();
+        *count += 1;
+        *total += bytes;
+    }
     ensure!(
         result.policy_maps == plan.pods.len(),
         "found {} policy maps for {} pods",
@@ -538,6 +564,19 @@ pub fn pinned_maps_memory(dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
     }
     found.sort();
     Ok(found)
+}
+
+/// The CPU time (user and system) the calling thread has used.
+fn thread_cpu_time() -> Result<Duration> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage");
+    }
+    // SAFETY: initialised by the successful call (and zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
 /// The process's peak resident set (VmHWM), in bytes.

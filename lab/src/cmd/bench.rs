@@ -214,7 +214,7 @@ fn datapath_verdicts(result: &DatapathResult) -> Vec<Verdict> {
         },
         Verdict {
             target: format!(
-                "request rate at {large_entries} entries within {:.0}% of {small_entries} entries",
+                "request rate at {large_entries} entries at most {:.0}% below {small_entries} entries",
                 TARGET_MAP_LOSS * 100.0
             ),
             met: map_ratio >= 1.0 - TARGET_MAP_LOSS,
@@ -322,6 +322,7 @@ pub fn policy(format: Format) -> Result<()> {
                     "cidrIdentities": c.cidr_identities, "entries": c.entries, "maxEntriesPerEndpoint": c.max_entries,
                     "ms": fine_ms(c.median()), "samplesMs": list(&c.total),
                     "parseMs": fine_ms(c.median_parse()), "parseSamplesMs": list(&c.parse),
+                    "cpuMs": fine_ms(c.median_cpu()), "cpuSamplesMs": list(&c.cpu),
                     "peakRssBytes": c.peak_rss,
                 },
                 "apply": {
@@ -331,6 +332,9 @@ pub fn policy(format: Format) -> Result<()> {
                     "changedEndpoints": a.changed, "pings": a.pings,
                     "pinnedMaps": a.maps, "pinnedMapsMemlockBytes": a.maps_memlock,
                     "policyMaps": a.policy_maps, "policyMapsMemlockBytes": a.policy_maps_memlock,
+                    "mapsByName": a.maps_by_name.iter()
+                        .map(|(name, (count, total))| (name.clone(), json!({"maps": count, "memlockBytes": total})))
+                        .collect::<serde_json::Map<_, _>>(),
                 },
                 "peakRssBytes": result.peak_rss, "targets": targets,
             });
@@ -350,8 +354,13 @@ fn runs(samples: &[Duration]) -> String {
     samples.iter().map(|d| format!("{:.1}", fine_ms(*d))).collect::<Vec<_>>().join(", ")
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+/// Bytes in KiB below a MiB, in MiB from there.
+fn bytes(n: u64) -> String {
+    if n < 1024 * 1024 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    }
 }
 
 fn policy_verdicts(result: &PolicyResult) -> Vec<Verdict> {
@@ -392,6 +401,7 @@ fn print_policy_table(result: &PolicyResult, verdicts: &[Verdict]) {
     };
     row(format!("compile {} rules, {} identities", thousands(c.rules), thousands(c.identities)), &c.total);
     row("  of which parse and check".to_string(), &c.parse);
+    row("  CPU time of the compiling thread".to_string(), &c.cpu);
     row(format!("apply 1 rule to {} endpoints", thousands(a.endpoints)), &a.applied);
     row("  until enforced (probe)".to_string(), &a.enforced);
     let widths: Vec<usize> =
@@ -405,59 +415,77 @@ fn print_policy_table(result: &PolicyResult, verdicts: &[Verdict]) {
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }
-    println!();
-    println!(
-        "Medians of {} runs, on {} cores. compile: `policy::compile` (parse, check, resolve selectors,",
-        policy_bench::REPEATS,
-        cores()
-    );
-    println!(
-        "build every endpoint's map) of {} rules ({} rule items; L3-L4 allows, port ranges across",
-        thousands(c.rules),
-        thousands(c.items)
-    );
-    println!(
-        "namespaces, egress to pods and the world, denies, CIDR sets, NetworkPolicies) over {} identities,",
-        thousands(c.identities)
-    );
-    println!(
-        "one endpoint each: {} map entries in all, at most {} for one endpoint, {} CIDR identities.",
-        thousands(c.entries),
-        thousands(c.max_entries),
-        c.cidr_identities
-    );
-    println!(
-        "apply: `lab apply` of one CiliumNetworkPolicy rule that selects {} pods of a running lab ({} pods",
-        thousands(a.endpoints),
-        thousands(a.pods)
-    );
-    println!(
-        "on {} nodes, up in {} ms), changed from TCP/80 to everything from a prober pod: every selected",
-        a.nodes,
-        ms(a.lab_up)
-    );
-    println!(
-        "map rewritten ({} per run). until enforced: from the start of `lab apply` until a ping from the",
-        a.changed.iter().map(|n| thousands(*n)).collect::<Vec<_>>().join(", ")
-    );
-    println!("prober, repeated every 2 ms all along, reached the pod whose map is written last; every map was");
-    println!("then checked to hold the change.");
-    println!();
-    println!(
-        "Memory: peak resident set {} after the compile, {} at the end. The lab's {} pinned maps: {}",
-        mib(c.peak_rss),
-        mib(result.peak_rss),
-        thousands(a.maps),
-        mib(a.maps_memlock)
-    );
-    println!(
-        "(memlock, as bpftool shows it), of which {} policy maps of {} entries at most: {}.",
-        thousands(a.policy_maps),
-        policy_bench::POLICY_MAP_SIZE,
-        mib(a.policy_maps_memlock)
-    );
+    let changed: Vec<String> = a.changed.iter().map(|n| thousands(*n)).collect();
+    let by_name: Vec<String> = a
+        .maps_by_name
+        .iter()
+        .map(|(name, (count, total))| format!("{name} x{} {}", thousands(*count), bytes(*total)))
+        .collect();
+    let text = [
+        format!("Medians of {} runs, on {} cores.", policy_bench::REPEATS, cores()),
+        format!(
+            "compile: `policy::compile` (parse and check, resolve every selector, build every endpoint's map) of \
+             {} synthetic policies ({} rule items: L3-L4 allows, port ranges from other namespaces, egress to pods \
+             and to the world, denies, CIDR sets, NetworkPolicies) over {} identities, one endpoint each: {} map \
+             entries in all, at most {} for one endpoint, {} CIDR identities. The engine runs on one thread.",
+            thousands(c.rules),
+            thousands(c.items),
+            thousands(c.identities),
+            thousands(c.entries),
+            thousands(c.max_entries),
+            c.cidr_identities
+        ),
+        format!(
+            "apply: `lab apply` (`live::apply`) of one changed CiliumNetworkPolicy rule selecting {} pods of a \
+             running lab ({} pods on {} nodes, built with its datapath in {} ms): the rule went from TCP/80 to \
+             everything from a prober pod, so every selected endpoint's map was rewritten ({} per run). until \
+             enforced: from the start of `lab apply` until a ping from the prober, sent every 2 ms all along, reached \
+             the pod whose map is written last; then every map was checked to hold the change.",
+            thousands(a.endpoints),
+            thousands(a.pods),
+            a.nodes,
+            ms(a.lab_up),
+            changed.join(", ")
+        ),
+        format!(
+            "Memory: peak resident set of the process {} after the compile, {} at the end. The lab's {} pinned \
+             maps hold {} (memlock, as bpftool shows it), of which its {} policy maps (at most {} entries each, \
+             allocated as used) {}. By map: {}.",
+            bytes(c.peak_rss),
+            bytes(result.peak_rss),
+            thousands(a.maps),
+            bytes(a.maps_memlock),
+            thousands(a.policy_maps),
+            policy_bench::POLICY_MAP_SIZE,
+            bytes(a.policy_maps_memlock),
+            by_name.join(", ")
+        ),
+    ];
+    for paragraph in text {
+        println!();
+        for line in wrap(&paragraph, 100) {
+            println!("{line}");
+        }
+    }
     println!();
     for v in verdicts {
         println!("target {}: {} ({})", v.target, if v.met { "met" } else { "MISSED" }, v.measured);
     }
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
 }

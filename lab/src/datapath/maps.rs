@@ -29,9 +29,11 @@ pub fn ipcache(plan: &Plan, node: usize, cidrs: &BTreeMap<Ipv4Net, u32>) -> BTre
     let mut entries = BTreeMap::new();
     for (i, n) in plan.nodes.iter().enumerate() {
         let id = if i == node { identity::HOST } else { identity::REMOTE_NODE };
-        for ip in [n.ip.addr(), n.router_ip] {
-            entries.insert(host(ip), IpcacheEntry { identity: id, tunnel_endpoint: 0 });
-        }
+        entries.insert(host(n.ip.addr()), IpcacheEntry { identity: id, tunnel_endpoint: 0 });
+        // A remote node's router IP is in its pod CIDR, which the tunnel carries: its node is the
+        // tunnel endpoint, as in Cilium.
+        let tunnel_endpoint = if i == node { 0 } else { ipv4(n.ip.addr()) };
+        entries.insert(host(n.router_ip), IpcacheEntry { identity: id, tunnel_endpoint });
     }
     for pod in &plan.pods {
         let tunnel_endpoint = if pod.node == node { 0 } else { ipv4(plan.nodes[pod.node].ip.addr()) };
@@ -197,7 +199,9 @@ mod tests {
             IpcacheEntry { identity: y.identity, tunnel_endpoint: ipv4(plan.nodes[1].ip.addr()) }
         );
         assert_eq!(on_a[&host(plan.nodes[0].ip.addr())].identity, identity::HOST);
-        assert_eq!(on_a[&host(plan.nodes[1].router_ip)].identity, identity::REMOTE_NODE);
+        let remote_router = on_a[&host(plan.nodes[1].router_ip)];
+        assert_eq!(remote_router.identity, identity::REMOTE_NODE);
+        assert_eq!(remote_router.tunnel_endpoint, ipv4(plan.nodes[1].ip.addr()), "the tunnel carries it");
         assert_eq!(on_a[&"203.0.113.0/24".parse().unwrap()].identity, 0x0100_0001);
         assert_eq!(endpoints(&plan, 1, |_| 3).len(), 1);
     }
