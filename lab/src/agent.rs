@@ -195,12 +195,15 @@ fn serve_until_stopped(name: &str, ready: &mut File) -> Result<()> {
                 }
             }
         }
+        // `lab apply` signals SIGHUP as soon as `lab up` has returned: the handler must be in
+        // place before the agent says it is ready, or the signal's default action kills it.
+        let reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         eprintln!("lab agent for `{name}`: serving {count} ports");
         let _ = writeln!(ready, "ready");
         let _ = ready.sync_all();
         // Labs without a datapath have no ring buffer: they only serve ports.
         if pins::events(name).exists() {
-            tokio::spawn(record_flows(LabDir::of(name), plan));
+            tokio::spawn(record_flows(LabDir::of(name), plan, reload));
         }
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -214,13 +217,13 @@ fn serve_until_stopped(name: &str, ready: &mut File) -> Result<()> {
 
 /// Turns every event of the lab's ring buffer into a Hubble flow appended to `flows.jsonl`,
 /// until the agent stops; a failure stops the flows, not the agent.
-async fn record_flows(lab: LabDir, plan: Plan) {
-    if let Err(e) = consume_events(&lab, &plan).await {
+async fn record_flows(lab: LabDir, plan: Plan, reload: tokio::signal::unix::Signal) {
+    if let Err(e) = consume_events(&lab, &plan, reload).await {
         eprintln!("lab agent for `{}`: no more flows: {e:#}", lab.name);
     }
 }
 
-async fn consume_events(lab: &LabDir, plan: &Plan) -> Result<()> {
+async fn consume_events(lab: &LabDir, plan: &Plan, mut reload: tokio::signal::unix::Signal) -> Result<()> {
     use aya::maps::{Map, MapData, RingBuf};
     use tokio::io::Interest;
     use tokio::io::unix::AsyncFd;
@@ -234,9 +237,8 @@ async fn consume_events(lab: &LabDir, plan: &Plan) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("polling the ring buffer")?;
+    // `lab apply` changes identities and labels; `reload` says when to read the plan again.
     let mut context = FlowContext::new(plan);
-    // `lab apply` changes identities and labels; it signals the agent to read the plan again.
-    let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let path = lab.flows_path();
     let mut log = FlowLog::open(&path, FLOW_LOG_LIMIT).with_context(|| format!("opening {}", path.display()))?;
     eprintln!("lab agent for `{}`: recording flows in {}", lab.name, path.display());

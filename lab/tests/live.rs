@@ -91,3 +91,14 @@ fn an_invalid_change_changes_nothing() {
     assert_eq!(maps(&lab_.plan()), before);
     assert_eq!(lab_.plan(), plan);
 }
+
+/// `lab apply` signals the agent (SIGHUP) to reread the plan, possibly the moment `lab up`
+/// returned: the agent must already handle the signal then, not die of it.
+#[test]
+fn the_agent_survives_a_reload_signal_right_after_up() {
+    let lab_ = Lab::up(&topology("datapath/policy-basics.yaml"), "hup");
+    lab::agent::reload(&lab_.name);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(common::remains_of(&lab_.name).iter().any(|r| r.starts_with("agent process")), "the agent died of SIGHUP");
+    assert_eq!(probe(&lab_.plan(), "y/a", "x/a"), Outcome::Connected, "and it still serves");
+}
