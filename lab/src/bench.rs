@@ -95,12 +95,7 @@ fn measure_up(interrupt: &Interrupt, pods: usize, nodes: usize) -> Result<UpResu
     interrupt.check()?;
     let name = format!("bench-{}-{pods}", std::process::id());
     let topology = synthetic_topology(&name, pods, nodes);
-    let errors: Vec<String> = validate::check(&topology)
-        .into_iter()
-        .filter(|finding| finding.severity == Severity::Error)
-        .map(|finding| format!("{}: {}", finding.field, finding.message))
-        .collect();
-    ensure!(errors.is_empty(), "the synthetic topology is invalid: {}", errors.join("; "));
+    check_synthetic(&topology)?;
 
     let lab = RecordedLab::create(Plan::new(&topology, &name))?;
     let lab_up = time_build(&lab.plan).context("building the lab")?;
@@ -397,7 +392,8 @@ impl NodeNamespaces {
         let deadline = Instant::now() + FREE_TIMEOUT;
         for (name, netns) in &self.0 {
             loop {
-                let interfaces = interfaces_in(netns).with_context(|| format!("listing the interfaces of {name}"))?;
+                let interfaces =
+                    netns::interfaces(netns).with_context(|| format!("listing the interfaces of {name}"))?;
                 if interfaces.iter().all(|interface| interface == "lo") {
                     break;
                 }
@@ -414,10 +410,15 @@ impl NodeNamespaces {
 
 /// The interfaces of a namespace: `/proc/thread-self/net/dev` lists those of the namespace the
 /// reading thread is in.
-fn interfaces_in(netns: &File) -> Result<Vec<String>> {
-    let text = netns::run_in(netns, || std::fs::read_to_string("/proc/thread-self/net/dev"))??;
-    // Two header lines, then `name: counters...` per interface.
-    Ok(text.lines().skip(2).filter_map(|line| line.split_once(':')).map(|(name, _)| name.trim().to_string()).collect())
+/// A synthetic topology must pass the same checks as a file.
+fn check_synthetic(topology: &Topology) -> Result<()> {
+    let errors: Vec<String> = validate::check(topology)
+        .into_iter()
+        .filter(|finding| finding.severity == Severity::Error)
+        .map(|finding| format!("{}: {}", finding.field, finding.message))
+        .collect();
+    ensure!(errors.is_empty(), "the synthetic topology is invalid: {}", errors.join("; "));
+    Ok(())
 }
 
 /// Ctrl-C ends the benchmark through its error path, so the guards remove what it built: by

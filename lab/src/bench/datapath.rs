@@ -35,7 +35,6 @@ use crate::policy::{self, PolicyEntry, PolicyKey};
 use crate::realise;
 use crate::topology::Topology;
 use crate::topology::resources::Resource;
-use crate::topology::validate::{self, Severity};
 
 /// The two map sizes compared: a small policy, and the largest map a lab allows.
 pub const SMALL_MAP: usize = 10;
@@ -179,12 +178,7 @@ pub fn run(seconds: Duration, mut on_row: impl FnMut(&Row)) -> Result<DatapathRe
     let interrupt = Interrupt::listen()?;
     let name = format!("bench-{}-dp", std::process::id());
     let topology = two_pods(&name);
-    let errors: Vec<String> = validate::check(&topology)
-        .into_iter()
-        .filter(|finding| finding.severity == Severity::Error)
-        .map(|finding| format!("{}: {}", finding.field, finding.message))
-        .collect();
-    ensure!(errors.is_empty(), "the synthetic topology is invalid: {}", errors.join("; "));
+    super::check_synthetic(&topology)?;
     let plan = Plan::new(&topology, &name);
     // Compiled before anything is created, as `lab up` does.
     let mut compiled =
@@ -499,7 +493,7 @@ mod tests {
     #[test]
     fn the_two_pods_have_identities_of_their_own_and_the_policy_allows_the_client() {
         let topology = two_pods("bench-1-dp");
-        assert!(validate::check(&topology).is_empty());
+        assert!(crate::topology::validate::check(&topology).is_empty());
         let plan = Plan::new(&topology, "bench-1-dp");
         let (client, server) = (&plan.pods[CLIENT], &plan.pods[SERVER]);
         assert_eq!((client.name.as_str(), server.name.as_str()), ("client", "server"));

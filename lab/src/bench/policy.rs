@@ -42,7 +42,6 @@ use crate::realise;
 use crate::state::Status;
 use crate::topology::Topology;
 use crate::topology::resources::Resource;
-use crate::topology::validate::{self, Severity};
 
 /// The compile benchmark's size.
 pub const RULES: usize = 10_000;
@@ -402,12 +401,7 @@ fn apply_benchmark(interrupt: &Interrupt, on_step: &mut impl FnMut(Step)) -> Res
     interrupt.check()?;
     let name = format!("bench-{}-policy", std::process::id());
     let topology = apply_topology(&name);
-    let errors: Vec<String> = validate::check(&topology)
-        .into_iter()
-        .filter(|finding| finding.severity == Severity::Error)
-        .map(|finding| format!("{}: {}", finding.field, finding.message))
-        .collect();
-    ensure!(errors.is_empty(), "the synthetic topology is invalid: {}", errors.join("; "));
+    super::check_synthetic(&topology)?;
     let plan = Plan::new(&topology, &name);
     let resources = vec![bench_rule(false)];
     // Compiled before anything is created, as `lab up` does.
@@ -625,7 +619,7 @@ mod tests {
     #[test]
     fn the_apply_lab_selects_every_pod_but_the_prober() {
         let topology = apply_topology("bench-1-policy");
-        assert!(validate::check(&topology).is_empty());
+        assert!(crate::topology::validate::check(&topology).is_empty());
         let plan = Plan::new(&topology, "bench-1-policy");
         assert_eq!(plan.pods.len(), ENDPOINTS + 1);
         assert_eq!(plan.pods[PROBER].name, "prober");

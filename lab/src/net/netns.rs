@@ -86,3 +86,10 @@ pub fn run_in<T>(netns: &File, f: impl FnOnce() -> T) -> io::Result<T> {
     let _guard = NetnsGuard::enter(netns)?;
     Ok(f())
 }
+
+/// The names of the interfaces in `netns` (read inside it: `/proc/net` follows the thread).
+pub fn interfaces(netns: &File) -> io::Result<Vec<String>> {
+    let text = run_in(netns, || std::fs::read_to_string("/proc/thread-self/net/dev"))??;
+    // Two header lines, then `name: counters...` per interface.
+    Ok(text.lines().skip(2).filter_map(|line| line.split_once(':')).map(|(name, _)| name.trim().to_string()).collect())
+}

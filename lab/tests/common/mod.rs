@@ -165,8 +165,7 @@ pub fn probe_every_pair(plan: &Plan) -> (usize, Vec<Failure>) {
 
 /// The interfaces of a namespace, by name.
 pub fn links_in(netns: &std::fs::File) -> Vec<String> {
-    let dev = lab::net::netns::run_in(netns, || std::fs::read_to_string("/proc/thread-self/net/dev")).unwrap().unwrap();
-    dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(|n| n.trim().to_string()).collect()
+    lab::net::netns::interfaces(netns).unwrap()
 }
 
 /// Waits until the held namespace has only `lo` left. A veth vanishes with its peer, so a held
