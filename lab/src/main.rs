@@ -132,7 +132,7 @@ enum BenchTarget {
     /// TCP request/response rate and bulk throughput between two pods through the datapath,
     /// against the same pods with no program attached, and with 10 and 65,536 policy map entries.
     Datapath {
-        /// Length of each measurement, in seconds; each is taken 3 times and the median kept.
+        /// Length of each run, in seconds; each setup runs once per round, over 7 rounds.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
         seconds: u64,
         #[arg(long, short, value_enum, default_value = "table")]

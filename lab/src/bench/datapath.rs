@@ -1,19 +1,21 @@
 //! `lab bench datapath`: what the datapath costs TCP traffic between two pods on one node.
 //!
-//! One lab, two pods (client and server), measured in three setups in this order, since programs
-//! once attached stay until the lab goes:
-//! 1. bare: the lab as [`realise::build`] leaves it, no program attached;
+//! One lab, two pods (client and server), measured in three setups:
+//! 1. bare: no program on the pods' veths, as [`realise::build`] leaves them;
 //! 2. the datapath as `lab up` installs it ([`datapath::install`]), the server's ingress enforced
 //!    by a CiliumNetworkPolicy that allows the client on TCP to the server's port, its policy map
 //!    holding that allow and 9 entries for identities that do not exist;
 //! 3. the same with the server's map grown to 65,536 entries (the allow among them).
 //!
-//! Each measurement is taken [`REPEATS`] times and the median kept. On the datapath, every run
-//! must go through the allow entry (its counter counts policy lookups, and established forward
-//! packets are looked up again), or the benchmark fails: a run that missed the programs measures
-//! nothing. After the timed runs of each datapath setup, one more request/response run with the
-//! kernel's BPF statistics on gives what each program run costs; it is kept apart because the
-//! statistics slow every program down.
+//! The setups take turns: each of [`ROUNDS`] rounds measures all three, in an order that reverses
+//! every round, the programs detached and attached again between them, and the median of each
+//! setup's runs is kept. A machine that speeds up or slows down over the benchmark (another
+//! tenant, a CPU's clock) then shifts every setup alike instead of the one measured at that time.
+//! On the datapath, every run must go through the allow entry (its counter counts policy lookups,
+//! and established forward packets are looked up again), or the benchmark fails: a run that
+//! missed the programs measures nothing. After the rounds, one more request/response run per
+//! datapath setup with the kernel's BPF statistics on gives what each program run costs; it is
+//! kept apart because the statistics slow every program down.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -39,14 +41,21 @@ use crate::topology::resources::Resource;
 /// The two map sizes compared: a small policy, and the largest map a lab allows.
 pub const SMALL_MAP: usize = 10;
 pub const LARGE_MAP: usize = 65_536;
-/// Runs per measurement; the median is kept.
-pub const REPEATS: usize = 3;
+/// Rounds of runs, one run of each setup per round; the median is kept.
+pub const ROUNDS: usize = 7;
 /// The pods, in plan order.
 const CLIENT: usize = 0;
 const SERVER: usize = 1;
 const TCP: u8 = 6;
 /// Ports of the filler entries after the server's own: a server allowing many identities.
 const FILLER_PORTS: [u16; 3] = [80, 443, 8080];
+
+/// What a run sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    RequestResponse,
+    Bulk,
+}
 
 /// Which datapath the traffic crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +115,10 @@ pub struct Row {
 }
 
 impl Row {
+    fn new(setup: Setup) -> Row {
+        Row { setup, rr: Vec::new(), bulk: Vec::new(), policy_lookups: 0, other_load: 0.0, cost: None }
+    }
+
     pub fn rr(&self) -> f64 {
         median(&self.rr)
     }
@@ -143,15 +156,27 @@ impl DatapathResult {
         [&self.bare, &self.small, &self.large]
     }
 
-    /// `row`'s request rate over bare's.
+    /// `row`'s request rate over bare's: the median of the ratios within each round, whose runs
+    /// were taken one right after the other, so what slows the machine over minutes cancels out.
     pub fn rr_vs_bare(&self, row: &Row) -> f64 {
-        row.rr() / self.bare.rr()
+        paired_ratio(&row.rr, &self.bare.rr)
     }
 
-    /// `row`'s throughput over bare's, where measured.
+    /// `row`'s throughput over bare's, where measured, paired by round as [`Self::rr_vs_bare`].
     pub fn bulk_vs_bare(&self, row: &Row) -> Option<f64> {
-        Some(row.bulk()? / self.bare.bulk()?)
+        (!row.bulk.is_empty() && !self.bare.bulk.is_empty()).then(|| paired_ratio(&row.bulk, &self.bare.bulk))
     }
+
+    /// The request rate at the large map over the small one's, paired by round.
+    pub fn large_vs_small(&self) -> f64 {
+        paired_ratio(&self.large.rr, &self.small.rr)
+    }
+}
+
+/// The median of `a[i] / b[i]`: samples taken in the same round.
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    median(&ratios)
 }
 
 /// The median of some samples (the mean of the middle two for an even count).
@@ -172,8 +197,26 @@ pub fn spread(samples: &[f64]) -> f64 {
     (max - min) / median(samples)
 }
 
-/// Measures the three setups, `seconds` per run; `on_row` sees each row as soon as it is measured.
-pub fn run(seconds: Duration, mut on_row: impl FnMut(&Row)) -> Result<DatapathResult> {
+/// The setups in the order round `round` measures them: forwards, then backwards in the next
+/// round, so that no setup is always measured first, or always right after another.
+pub fn round_order(round: usize) -> [Setup; 3] {
+    let forwards = [Setup::Bare, Setup::Datapath { entries: SMALL_MAP }, Setup::Datapath { entries: LARGE_MAP }];
+    let mut order = forwards;
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// Whether a setup's bulk throughput is measured: bare's and the small map's (the map size only
+/// matters to the lookup per packet, which request/response measures better).
+fn with_bulk(setup: Setup) -> bool {
+    setup != Setup::Datapath { entries: LARGE_MAP }
+}
+
+/// Measures the three setups over [`ROUNDS`] rounds, `seconds` per run; `on_sample` sees each run
+/// as soon as it is measured: its round, setup, and rate (trans/s, or bulk in Gbit/s).
+pub fn run(seconds: Duration, mut on_sample: impl FnMut(usize, Setup, Traffic, f64)) -> Result<DatapathResult> {
     ensure!(!seconds.is_zero(), "each measurement needs some time");
     let interrupt = Interrupt::listen()?;
     let name = format!("bench-{}-dp", std::process::id());
@@ -191,37 +234,58 @@ pub fn run(seconds: Duration, mut on_row: impl FnMut(&Row)) -> Result<DatapathRe
         .iter()
         .find(|(key, _)| **key == allow_key(plan.pods[CLIENT].identity))
         .context("the policy has no allow for the client")?;
+    let used: BTreeSet<u32> = plan.identities.keys().copied().collect();
+    let maps = [SMALL_MAP, LARGE_MAP].map(|size| policy_entries(allow, allow_entry, size, &used));
 
     let lab = RecordedLab::create(plan)?;
     time_build(&lab.plan).context("building the lab")?;
     interrupt.check()?;
-    let pair = Pair {
+    compiled.endpoints[SERVER].entries = maps[0].clone();
+    datapath::install(&lab.plan, &compiled).context("installing the datapath")?;
+    let mut pair = Pair {
         interrupt: &interrupt,
         plan: &lab.plan,
         client: netns::open(&lab.plan.pods[CLIENT].netns)?,
         server: Server::listen(&netns::open(&lab.plan.pods[SERVER].netns)?, lab.plan.pods[SERVER].ip)?,
         seconds,
         allow,
+        maps,
+        current: Setup::Datapath { entries: SMALL_MAP },
     };
 
-    let bare = pair.measure(Setup::Bare, true)?;
-    on_row(&bare);
-
-    let used: BTreeSet<u32> = lab.plan.identities.keys().copied().collect();
-    compiled.endpoints[SERVER].entries = policy_entries(allow, allow_entry, SMALL_MAP, &used);
-    datapath::install(&lab.plan, &compiled).context("installing the datapath")?;
-    pair.check_map(SMALL_MAP)?;
-    let small = pair.measure(Setup::Datapath { entries: SMALL_MAP }, true)?;
-    on_row(&small);
-
-    maps::sync_policy(&lab.plan, SERVER, &policy_entries(allow, allow_entry, LARGE_MAP, &used))
-        .context("growing the server's policy map")?;
-    pair.check_map(LARGE_MAP)?;
-    let large = pair.measure(Setup::Datapath { entries: LARGE_MAP }, false)?;
-    on_row(&large);
+    let mut rows = round_order(0).map(Row::new);
+    let mut loads: [CpuLoad; 3] = Default::default();
+    for round in 0..ROUNDS {
+        for setup in round_order(round) {
+            let at = rows.iter().position(|row| row.setup == setup).expect("every setup has a row");
+            pair.switch_to(setup)?;
+            let (rate, lookups) = pair.checked(&mut loads[at], || {
+                traffic::request_response(&pair.client, &pair.server, pair.seconds, pair.interrupt)
+            })?;
+            on_sample(round, setup, Traffic::RequestResponse, rate);
+            rows[at].rr.push(rate);
+            rows[at].policy_lookups += lookups;
+            if with_bulk(setup) {
+                let (rate, lookups) = pair.checked(&mut loads[at], || {
+                    traffic::bulk(&pair.client, &pair.server, pair.seconds, pair.interrupt)
+                })?;
+                on_sample(round, setup, Traffic::Bulk, rate / 1e9);
+                rows[at].bulk.push(rate / 1e9);
+                rows[at].policy_lookups += lookups;
+            }
+        }
+    }
+    for (row, load) in rows.iter_mut().zip(&loads) {
+        row.other_load = load.cores();
+        if row.setup != Setup::Bare {
+            pair.switch_to(row.setup)?;
+            row.cost = Some(pair.program_cost().with_context(|| format!("{}: measuring the programs' cost", row.setup))?);
+        }
+    }
 
     drop(pair);
     realise::teardown(&lab.dir)?;
+    let [bare, small, large] = rows;
     Ok(DatapathResult { seconds, bare, small, large })
 }
 
@@ -294,44 +358,40 @@ struct Pair<'a> {
     server: Server,
     seconds: Duration,
     allow: PolicyKey,
+    /// The server's policy map at [`SMALL_MAP`] and at [`LARGE_MAP`] entries.
+    maps: [BTreeMap<PolicyKey, PolicyEntry>; 2],
+    /// What the pods' traffic crosses now.
+    current: Setup,
 }
 
 impl Pair<'_> {
-    /// The timed runs of one setup (bulk too if `with_bulk`), then on the datapath the cost of its
-    /// programs.
-    fn measure(&self, setup: Setup, with_bulk: bool) -> Result<Row> {
-        let through_datapath = setup != Setup::Bare;
-        let mut row = Row { setup, rr: Vec::new(), bulk: Vec::new(), policy_lookups: 0, other_load: 0.0, cost: None };
-        let mut load = CpuLoad::default();
-        for _ in 0..REPEATS {
-            let (rate, lookups) = self.checked(through_datapath, &mut load, || {
-                traffic::request_response(&self.client, &self.server, self.seconds, self.interrupt)
-            })?;
-            row.rr.push(rate);
-            row.policy_lookups += lookups;
+    /// Puts the pods in `setup`: takes the programs off their veths for bare, puts fresh copies
+    /// back for the datapath, and sizes the server's policy map. Maps stay pinned throughout, so
+    /// the datapath comes back with its policy.
+    fn switch_to(&mut self, setup: Setup) -> Result<()> {
+        const PODS: [usize; 2] = [CLIENT, SERVER];
+        if setup == self.current {
+            return Ok(());
         }
-        for _ in 0..if with_bulk { REPEATS } else { 0 } {
-            let (rate, lookups) = self.checked(through_datapath, &mut load, || {
-                traffic::bulk(&self.client, &self.server, self.seconds, self.interrupt)
-            })?;
-            row.bulk.push(rate / 1e9);
-            row.policy_lookups += lookups;
+        match setup {
+            Setup::Bare => datapath::loader::detach_pods(self.plan, &PODS).context("detaching the datapath")?,
+            Setup::Datapath { entries } => {
+                let map = &self.maps[usize::from(entries == LARGE_MAP)];
+                maps::sync_policy(self.plan, SERVER, map).context("sizing the server's policy map")?;
+                self.check_map(entries)?;
+                if self.current == Setup::Bare {
+                    datapath::loader::attach_pods(self.plan, &PODS).context("attaching the datapath again")?;
+                }
+            }
         }
-        row.other_load = load.cores();
-        if through_datapath {
-            row.cost = Some(self.program_cost().with_context(|| format!("{setup}: measuring the programs' cost"))?);
-        }
-        Ok(row)
+        self.current = setup;
+        Ok(())
     }
 
     /// One run; on the datapath, it must have made the allow entry count: (rate, lookups counted).
     /// `load` adds what other processes took of the CPUs meanwhile.
-    fn checked(
-        &self,
-        through_datapath: bool,
-        load: &mut CpuLoad,
-        run: impl FnOnce() -> Result<f64>,
-    ) -> Result<(f64, u64)> {
+    fn checked(&self, load: &mut CpuLoad, run: impl FnOnce() -> Result<f64>) -> Result<(f64, u64)> {
+        let through_datapath = self.current != Setup::Bare;
         self.interrupt.check()?;
         let before = if through_datapath { self.allow_lookups()? } else { 0 };
         let (started, ticks) = (Instant::now(), cpu_ticks()?);
@@ -480,6 +540,31 @@ mod tests {
         assert_eq!(load.cores(), 100.0 / 100.0 / 4.0);
         let (busy, own) = cpu_ticks().unwrap();
         assert!(busy >= own);
+    }
+
+    #[test]
+    fn ratios_pair_the_runs_of_one_round() {
+        // The machine slowed down by half from the third round on: each round's ratio is 0.9.
+        let bare = [100.0, 100.0, 50.0, 50.0, 50.0];
+        let datapath = [90.0, 90.0, 45.0, 45.0, 45.0];
+        assert!((paired_ratio(&datapath, &bare) - 0.9).abs() < 1e-9);
+        // One disturbed run shifts one ratio, not the median.
+        let datapath = [90.0, 10.0, 45.0, 45.0, 45.0];
+        assert!((paired_ratio(&datapath, &bare) - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn every_setup_is_measured_first_and_last_in_some_round() {
+        let firsts: BTreeSet<String> = (0..ROUNDS).map(|r| round_order(r)[0].to_string()).collect();
+        let lasts: BTreeSet<String> = (0..ROUNDS).map(|r| round_order(r)[2].to_string()).collect();
+        assert_eq!(firsts, lasts);
+        assert_eq!(firsts.len(), 2, "{firsts:?}");
+        for round in 0..ROUNDS {
+            let mut setups: Vec<String> = round_order(round).iter().map(ToString::to_string).collect();
+            setups.sort();
+            setups.dedup();
+            assert_eq!(setups.len(), 3);
+        }
     }
 
     #[test]

@@ -56,35 +56,14 @@ struct PodConstants {
 /// Loads and attaches the datapath to every node and pod of `plan`. The maps must be filled
 /// (see [`super::maps`]) before traffic is expected to pass as the policy says.
 pub fn attach(plan: &Plan) -> Result<()> {
-    let pods: Vec<PodConstants> = plan
-        .pods
-        .iter()
-        .map(|pod| PodConstants {
-            ip: u32::from_ne_bytes(pod.ip.octets()),
-            endpoint_id: pod.endpoint_id,
-            node_id: plan.nodes[pod.node].id,
-            policy_pin: pins::policy(&plan.lab, &plan.nodes[pod.node].name, pod.endpoint_id),
-        })
-        .collect();
-    let node_ids: Vec<u16> = plan.nodes.iter().map(|n| n.id).collect();
-
-    // One loader for the whole lab: creating one parses the kernel's BTF (10-20 ms).
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries(POLICY_MAP, plan.policy_map_size);
-    for map in LAB_WIDE_MAPS {
-        loader.map_pin_path(map, pins::lab_dir(&plan.lab).join(map));
-    }
-
+    let constants = pod_constants(plan);
+    let mut loader = lab_loader(plan);
+    let nodes = open_nodes(plan)?;
     // Every node first: the loader keeps the globals it was given, and the pods' are not in the
     // node object.
-    let nodes: Vec<Node> = plan
-        .nodes
-        .iter()
-        .map(|n| Ok(Node { lab: &plan.lab, name: &n.name, netns: netns::open(&n.netns)?, mode: plan.attach }))
-        .collect::<Result<_>>()?;
-    for (node, node_id) in nodes.iter().zip(&node_ids) {
+    for (node, planned) in nodes.iter().zip(&plan.nodes) {
         loader.default_map_pin_directory(pins::node_dir(&plan.lab, node.name));
-        loader.override_global("NODE_ID", node_id, true);
+        loader.override_global("NODE_ID", &planned.id, true);
         let mut host =
             loader.load(HOST_OBJECT).with_context(|| format!("loading the datapath of node {}", node.name))?;
         node.attach(&mut host, "from_netdev", UPLINK_NAME, TcAttachType::Ingress)?;
@@ -93,8 +72,68 @@ pub fn attach(plan: &Plan) -> Result<()> {
             node.attach(&mut host, "to_overlay", VXLAN_NAME, TcAttachType::Egress)?;
         }
     }
+    let all: Vec<usize> = (0..plan.pods.len()).collect();
+    attach_pods_with(&mut loader, &constants, &nodes, plan, &all)
+}
 
-    for (pod, constants) in plan.pods.iter().zip(&pods) {
+/// Loads a fresh copy of the pod datapath for each of `pods` (indices into `plan.pods`) and
+/// attaches it to the pod's veth, on the maps already pinned: the pods' connections, identities
+/// and policies carry over. The pods must have no program attached (see [`detach_pods`]).
+pub fn attach_pods(plan: &Plan, pods: &[usize]) -> Result<()> {
+    let constants = pod_constants(plan);
+    attach_pods_with(&mut lab_loader(plan), &constants, &open_nodes(plan)?, plan, pods)
+}
+
+/// Takes the programs off `pods`' veths: their packets then cross bare veths, as before the
+/// datapath was attached. The pinned maps stay.
+pub fn detach_pods(plan: &Plan, pods: &[usize]) -> Result<()> {
+    let nodes = open_nodes(plan)?;
+    for &index in pods {
+        let pod = &plan.pods[index];
+        nodes[pod.node].detach(&pod.host_ifname, &[("from_container", TcAttachType::Ingress), ("to_container", TcAttachType::Egress)])?;
+    }
+    Ok(())
+}
+
+/// One loader for the whole lab: creating one parses the kernel's BTF (10-20 ms).
+fn lab_loader<'a>(plan: &Plan) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(POLICY_MAP, plan.policy_map_size);
+    for map in LAB_WIDE_MAPS {
+        loader.map_pin_path(map, pins::lab_dir(&plan.lab).join(map));
+    }
+    loader
+}
+
+fn open_nodes(plan: &Plan) -> Result<Vec<Node<'_>>> {
+    plan.nodes
+        .iter()
+        .map(|n| Ok(Node { lab: &plan.lab, name: &n.name, netns: netns::open(&n.netns)?, mode: plan.attach }))
+        .collect()
+}
+
+/// The constants of every pod, in plan order.
+fn pod_constants(plan: &Plan) -> Vec<PodConstants> {
+    plan.pods
+        .iter()
+        .map(|pod| PodConstants {
+            ip: u32::from_ne_bytes(pod.ip.octets()),
+            endpoint_id: pod.endpoint_id,
+            node_id: plan.nodes[pod.node].id,
+            policy_pin: pins::policy(&plan.lab, &plan.nodes[pod.node].name, pod.endpoint_id),
+        })
+        .collect()
+}
+
+fn attach_pods_with<'a>(
+    loader: &mut EbpfLoader<'a>,
+    constants: &'a [PodConstants],
+    nodes: &[Node<'_>],
+    plan: &Plan,
+    pods: &[usize],
+) -> Result<()> {
+    for &index in pods {
+        let (pod, constants) = (&plan.pods[index], &constants[index]);
         let node = &nodes[pod.node];
         loader
             .default_map_pin_directory(pins::node_dir(&plan.lab, node.name))
@@ -118,6 +157,24 @@ struct Node<'a> {
 }
 
 impl Node<'_> {
+    /// Detaches the named programs from `interface`: the netlink filters that run them, or their
+    /// pinned TCX links.
+    fn detach(&self, interface: &str, programs: &[(&str, TcAttachType)]) -> Result<()> {
+        for &(program, direction) in programs {
+            match self.mode {
+                AttachMode::Netlink => netns::run_in(&self.netns, || {
+                    tc::qdisc_detach_program(interface, direction, program)
+                        .with_context(|| format!("detaching {program} from {interface}"))
+                })??,
+                AttachMode::Tcx => {
+                    let path = pins::link(self.lab, self.name, interface, side(direction));
+                    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches `program` of `ebpf` to `interface` and leaves it there after this process exits:
     /// a netlink filter holds its program until the interface goes; a TCX link is pinned.
     fn attach(&self, ebpf: &mut Ebpf, program: &str, interface: &str, direction: TcAttachType) -> Result<()> {
@@ -135,7 +192,11 @@ impl Node<'_> {
         // aya resolves the interface and talks netlink in the calling thread's namespace.
         let link = netns::run_in(&self.netns, || -> Result<_> {
             if self.mode == AttachMode::Netlink && direction == TcAttachType::Ingress {
-                tc::qdisc_add_clsact(interface).with_context(|| format!("adding the clsact qdisc to {interface}"))?;
+                // A pod whose programs were detached keeps its (empty) clsact qdisc.
+                match tc::qdisc_add_clsact(interface) {
+                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+                    result => result.with_context(|| format!("adding the clsact qdisc to {interface}"))?,
+                }
             }
             let id = classifier
                 .attach_with_options(interface, direction, options)
@@ -146,11 +207,15 @@ impl Node<'_> {
             // Dropping the link would detach the filter; it stays as long as the interface.
             AttachMode::Netlink => std::mem::forget(link),
             AttachMode::Tcx => {
-                let side = if direction == TcAttachType::Ingress { "ingress" } else { "egress" };
-                let path = pins::link(self.lab, self.name, interface, side);
+                let path = pins::link(self.lab, self.name, interface, side(direction));
                 FdLink::try_from(link)?.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
             }
         }
         Ok(())
     }
+}
+
+/// How a TCX link's pin names its direction.
+fn side(direction: TcAttachType) -> &'static str {
+    if direction == TcAttachType::Ingress { "ingress" } else { "egress" }
 }
