@@ -1,26 +1,56 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The node datapath, modelled on Cilium's bpf_host.c and bpf_overlay.c: whatever arrives from
  * outside the node leaves here with its sender's identity in skb->mark, for the pods' programs.
- * from_netdev runs on the uplink (native routing: the identity comes from the ipcache), the
- * overlay pair on the VXLAN device (tunnel: the identity rides in the VNI, as Cilium's does). */
+ * The netdev pair runs on the uplink (native routing: the identity comes from the ipcache), the
+ * overlay pair on the VXLAN device (tunnel: the identity rides in the VNI, as Cilium's does).
+ * Both enforce the node's host policy on the node's own traffic (lib/host_firewall.h). */
 
 #include <linux/if_ether.h>
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/ipcache.h"
+#include "lib/host_firewall.h"
 #include "lib/events.h"
 
 volatile const __u16 NODE_ID;
+
+/* The overlay's own packets, VXLAN between nodes: they carry pods' traffic, which the pods'
+ * policies judge, so the host policy leaves them be. */
+static __always_inline bool is_tunnel_packet(const struct packet *p)
+{
+	return p->protocol == IPPROTO_UDP && p->dport == bpf_htons(VXLAN_PORT);
+}
 
 SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
 {
 	struct packet p;
+	__u32 identity;
+	int ret;
 
 	if (ethertype(skb) != ETH_P_IP || parse_ipv4(skb, &p) < 0)
 		return TC_ACT_OK;
-	set_identity_mark(skb, identity_of(p.saddr));
+	identity = identity_of(p.saddr);
+	if (!is_tunnel_packet(&p)) {
+		ret = host_firewall(skb, &p, NODE_ID, false, identity);
+		if (ret != TC_ACT_UNSPEC)
+			return ret;
+	}
+	set_identity_mark(skb, identity);
 	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int to_netdev(struct __sk_buff *skb)
+{
+	struct packet p;
+	int ret;
+
+	if (ethertype(skb) != ETH_P_IP || parse_ipv4(skb, &p) < 0 || is_tunnel_packet(&p))
+		return TC_ACT_OK;
+	/* Pods' packets routed out keep their own source address: only the node's are judged. */
+	ret = host_firewall(skb, &p, NODE_ID, true, identity_of(p.daddr));
+	return ret == TC_ACT_UNSPEC ? TC_ACT_OK : ret;
 }
 
 SEC("classifier")
@@ -41,9 +71,13 @@ int to_overlay(struct __sk_buff *skb)
 	/* A pod's program marked its packets; the node's own carry the host identity. */
 	meta.src_identity = sender_identity(skb, p.saddr);
 	destination = ipcache_lookup(p.daddr);
-	if (!destination || !destination->tunnel_endpoint) {
-		meta.dst_identity = destination ? destination->identity : ID_WORLD;
+	meta.dst_identity = destination ? destination->identity : ID_WORLD;
+	if (!destination || !destination->tunnel_endpoint)
 		return drop(skb, &meta, -DROP_NO_TUNNEL_ENDPOINT);
+	if (meta.src_identity == ID_HOST) {
+		ret = host_firewall(skb, &p, NODE_ID, true, meta.dst_identity);
+		if (ret != TC_ACT_UNSPEC)
+			return ret;
 	}
 	key.remote_ipv4 = bpf_ntohl(destination->tunnel_endpoint);
 	key.tunnel_id = meta.src_identity;
@@ -57,7 +91,9 @@ SEC("classifier")
 int from_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
+	struct packet p;
 	__u32 identity;
+	int ret;
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return TC_ACT_SHOT;
@@ -65,6 +101,11 @@ int from_overlay(struct __sk_buff *skb)
 	/* Another node's own traffic is remote-node here. */
 	if (identity == ID_HOST)
 		identity = ID_REMOTE_NODE;
+	if (ethertype(skb) == ETH_P_IP && parse_ipv4(skb, &p) == 0) {
+		ret = host_firewall(skb, &p, NODE_ID, false, identity);
+		if (ret != TC_ACT_UNSPEC)
+			return ret;
+	}
 	set_identity_mark(skb, identity);
 	return TC_ACT_OK;
 }

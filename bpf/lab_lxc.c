@@ -7,10 +7,13 @@
 #include "lib/parse.h"
 #include "lib/ipcache.h"
 #include "lib/endpoints.h"
-#include "lib/conntrack.h"
-#include "lib/policy.h"
+#include "lib/enforce.h"
+#include "lib/host_firewall.h"
 #include "lib/events.h"
 #include "lib/metrics.h"
+
+/* This pod's own policy; the loader pins each pod's copy under its endpoint ID. */
+POLICY_MAP(lab_policy);
 
 /* Set by the loader for each pod. The pod's identity and enforcement are not constants: they
  * live in its endpoints entry, so relabelling a pod or changing its policy is a map write. */
@@ -44,45 +47,6 @@ static __always_inline int admit_ipv4(struct __sk_buff *skb, struct packet *p, s
 	return TC_ACT_UNSPEC;
 }
 
-/* Conntrack and policy for one packet in one direction of this endpoint, Cilium's order:
- * replies of a connection pass without a policy lookup; everything else, established
- * connections included, is checked on every packet, so a removed allow cuts a live connection
- * at its next packet. A verdict event goes out for every drop and every new connection; a
- * denied packet creates no conntrack entry. Returns TC_ACT_UNSPEC to go on (with `report` set
- * when a trace is due), or the verdict. */
-static __always_inline int enforce(struct __sk_buff *skb, const struct packet *p, struct event_meta *meta,
-				   __u32 flags, __u32 remote_identity, bool *report)
-{
-	bool egress = meta->direction == DIR_EGRESS;
-	__u32 enforced = egress ? ENDPOINT_F_EGRESS_ENFORCED : ENDPOINT_F_INGRESS_ENFORCED;
-	struct ct_entry *entry;
-	__u8 matched = MATCH_NONE;
-	__u64 now = bpf_ktime_get_ns();
-	int ret, status;
-
-	status = ct_lookup(p, meta->direction, ENDPOINT_ID, now, &entry, report);
-	meta->ct_status = status;
-	meta->is_reply = status == CT_REPLY;
-	if (status == CT_REPLY)
-		return TC_ACT_UNSPEC;
-
-	if (flags & enforced) {
-		ret = policy_lookup(remote_identity, egress, p->protocol, p->policy_port, &matched);
-		if (ret < 0 || status == CT_NEW)
-			policy_verdict(skb, meta, ret, matched);
-		if (ret < 0)
-			return drop(skb, meta, ret);
-	}
-	if (status == CT_NEW) {
-		ret = ct_create(p, meta->direction, ENDPOINT_ID, meta->src_identity, now);
-		if (ret < 0)
-			return drop(skb, meta, ret);
-	} else {
-		*report = ct_update(entry, p, false, now);
-	}
-	return TC_ACT_UNSPEC;
-}
-
 SEC("classifier")
 int from_container(struct __sk_buff *skb)
 {
@@ -105,12 +69,16 @@ int from_container(struct __sk_buff *skb)
 		return drop(skb, &meta, -DROP_INVALID_SIP);
 
 	meta.dst_identity = identity_of(p.daddr);
-	ret = enforce(skb, &p, &meta, self.flags, meta.dst_identity, &report);
+	ret = enforce(skb, &p, &meta, &lab_policy, self.flags, meta.dst_identity, &report);
+	if (ret != TC_ACT_UNSPEC)
+		return ret;
+	/* To the node itself: its host policy too. */
+	ret = host_firewall(skb, &p, NODE_ID, false, self.identity);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 
-	/* A local destination traces its delivery in its own to_container. */
-	if (report && !endpoint_lookup(p.daddr))
+	/* A local pod traces its delivery in its own to_container. */
+	if (report && !is_local_pod(p.daddr))
 		trace(skb, &meta, OBS_TO_STACK);
 	set_identity_mark(skb, self.identity);
 	count(0, DIR_EGRESS, skb->len);
@@ -139,7 +107,13 @@ int to_container(struct __sk_buff *skb)
 	meta.src_identity = sender_identity(skb, p.saddr);
 	skb->mark = 0;
 
-	ret = enforce(skb, &p, &meta, self.flags, meta.src_identity, &report);
+	/* From the node itself: its host policy first, as the packet leaves the host. */
+	if (meta.src_identity == ID_HOST) {
+		ret = host_firewall(skb, &p, NODE_ID, true, self.identity);
+		if (ret != TC_ACT_UNSPEC)
+			return ret;
+	}
+	ret = enforce(skb, &p, &meta, &lab_policy, self.flags, meta.src_identity, &report);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 

@@ -86,6 +86,12 @@ struct ipcache_entry {
 /* endpoints: the pods of this node, by IP. */
 #define ENDPOINT_F_INGRESS_ENFORCED 1
 #define ENDPOINT_F_EGRESS_ENFORCED 2
+#define ENDPOINT_F_HOST 4 /* the node itself: one of its addresses */
+
+#define HOST_ENDPOINT_ID 4096
+
+/* The UDP port of the lab's VXLAN overlay (Cilium's). */
+#define VXLAN_PORT 8472
 
 struct endpoint_key {
 	__u32 ip; /* network order */

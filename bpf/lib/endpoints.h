@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The pods of this node: where to deliver, and whether their policy is enforced. */
+/* The endpoints of this node, by address: its pods (where to deliver, whether their policy is
+ * enforced) and the node itself (ENDPOINT_F_HOST, at each of its addresses). */
 #pragma once
 
 #include "common.h"
@@ -19,4 +20,12 @@ static __always_inline struct endpoint_info *endpoint_lookup(__u32 ip)
 	struct endpoint_key key = { .ip = ip };
 
 	return bpf_map_lookup_elem(&lab_endpoints, &key);
+}
+
+/* Whether `ip` is a pod of this node (the node's own addresses are endpoints too). */
+static __always_inline bool is_local_pod(__u32 ip)
+{
+	struct endpoint_info *endpoint = endpoint_lookup(ip);
+
+	return endpoint && !(endpoint->flags & ENDPOINT_F_HOST);
 }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The endpoint's policy, looked up as Cilium's is: once for the remote identity, once for any
+/* An endpoint's policy, looked up as Cilium's is: once for the remote identity, once for any
  * identity; a deny wins, then the longer protocol/port prefix, then the identity-specific entry.
- * Userspace keeps the map such that no allow is covered by a deny, so a longest-prefix match
+ * Userspace keeps each map such that no allow is covered by a deny, so a longest-prefix match
  * can never hide a deny behind a narrower allow. */
 #pragma once
 
@@ -9,14 +9,19 @@
 
 #define POLICY_SIZE 16384
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct policy_key);
-	__type(value, struct policy_entry);
-	__uint(max_entries, POLICY_SIZE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lab_policy SEC(".maps");
+#define POLICY_MAP(name)                                          \
+	struct {                                                  \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);              \
+		__type(key, struct policy_key);                   \
+		__type(value, struct policy_entry);               \
+		__uint(max_entries, POLICY_SIZE);                 \
+		__uint(map_flags, BPF_F_NO_PREALLOC);             \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);              \
+	} name SEC(".maps")
+
+/* The node's host endpoint's (host policies, by nodeSelector): one per node, shared by the
+ * node's program and every pod program of the node. */
+POLICY_MAP(lab_host_policy);
 
 static __always_inline __u8 match_type(const struct policy_entry *entry, bool l3)
 {
@@ -27,8 +32,8 @@ static __always_inline __u8 match_type(const struct policy_entry *entry, bool l3
 
 /* 0 to allow, or -DROP_POLICY (no entry: default deny) / -DROP_POLICY_DENY; sets the match
  * type for the verdict event. */
-static __always_inline int policy_lookup(__u32 remote_identity, bool egress, __u8 protocol, __u16 port,
-					 __u8 *matched)
+static __always_inline int policy_lookup(void *policy, __u32 remote_identity, bool egress, __u8 protocol,
+					 __u16 port, __u8 *matched)
 {
 	struct policy_key key = {
 		.prefixlen = POLICY_PREFIX_FULL,
@@ -39,9 +44,9 @@ static __always_inline int policy_lookup(__u32 remote_identity, bool egress, __u
 	};
 	struct policy_entry *l3, *l4, *chosen;
 
-	l3 = bpf_map_lookup_elem(&lab_policy, &key);
+	l3 = bpf_map_lookup_elem(policy, &key);
 	key.identity = 0;
-	l4 = bpf_map_lookup_elem(&lab_policy, &key);
+	l4 = bpf_map_lookup_elem(policy, &key);
 
 	/* Nested tests: clang would otherwise combine the two null checks into a pointer OR,
 	 * which the verifier refuses. */

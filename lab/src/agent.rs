@@ -1,5 +1,5 @@
 //! The lab's agent: one background process per lab, `lab agent <name>`, serving every declared
-//! port of its pods and externals (TCP: accept and echo; UDP: echo) from sockets it opened inside
+//! port of its pods, nodes and externals (TCP: accept and echo; UDP: echo) from sockets it opened inside
 //! their namespaces, and, when the lab has a datapath, turning its events into Hubble flows in
 //! `/run/lab/<name>/flows.jsonl` (what `lab observe` reads). It outlives `lab up` and is stopped
 //! by `lab down`.
@@ -140,6 +140,7 @@ fn open_listeners(plan: &Plan) -> Result<Vec<(String, Listener)>> {
         .pods
         .iter()
         .map(|p| (p.id(), &p.netns, &p.ports))
+        .chain(plan.nodes.iter().map(|n| (format!("node {}", n.name), &n.netns, &n.ports)))
         .chain(plan.externals.iter().map(|e| (e.name.clone(), &e.netns, &e.ports)));
     let mut listeners = Vec::new();
     for (who, netns_name, ports) in endpoints.filter(|(_, _, ports)| !ports.is_empty()) {

@@ -156,7 +156,13 @@ pub fn synthetic_topology(name: &str, pods: usize, nodes: usize) -> Topology {
         },
         nodes: node_names
             .iter()
-            .map(|name| Node { name: name.clone(), pod_cidr: None, sysctls: BTreeMap::new() })
+            .map(|name| Node {
+                name: name.clone(),
+                pod_cidr: None,
+                labels: BTreeMap::new(),
+                ports: Vec::new(),
+                sysctls: BTreeMap::new(),
+            })
             .collect(),
         namespaces: Vec::new(),
         pods: (0..pods)

@@ -59,6 +59,17 @@ pub fn pod_labels(
     Labels(labels)
 }
 
+/// The labels of a node's host endpoint: the node's Kubernetes labels (with the two every node
+/// gets from its kubelet) and `reserved:host`.
+pub fn host_labels(node: &str, node_labels: &BTreeMap<String, String>) -> Labels {
+    let mut labels: BTreeMap<String, String> =
+        node_labels.iter().map(|(key, value)| (format!("k8s:{key}"), value.clone())).collect();
+    labels.insert("k8s:kubernetes.io/hostname".into(), node.into());
+    labels.entry("k8s:kubernetes.io/os".into()).or_insert_with(|| "linux".into());
+    labels.insert("reserved:host".into(), String::new());
+    Labels(labels)
+}
+
 /// Label keys Cilium's default filter leaves out of identities (pkg/labelsfilter), matched at the
 /// start of the key after its source. The namespace and policy labels stay.
 const DEFAULT_EXCLUDED: &[&str] = &[

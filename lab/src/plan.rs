@@ -15,7 +15,7 @@ use crate::topology::{AttachMode, PolicyEnforcement, PolicySemantics, Port, Rout
 /// Lab names end up in namespace and directory names; keep them short enough to read.
 pub const MAX_LAB_NAME: usize = 32;
 /// The VXLAN port Cilium uses.
-pub const VXLAN_PORT: u16 = 8472;
+pub use crate::datapath::abi::VXLAN_PORT;
 /// Cilium gives pods the underlay MTU less the VXLAN overhead in tunnel mode.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
@@ -84,6 +84,9 @@ pub struct NodePlan {
     pub router_ip: Ipv4Addr,
     pub vxlan_mac: Mac,
     pub sysctls: BTreeMap<String, String>,
+    /// The labels of the node's host endpoint, Cilium style: the node's, and `reserved:host`.
+    pub labels: Labels,
+    pub ports: Vec<Port>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +321,8 @@ impl Plan {
                     router_ip: router_ip(cidr),
                     vxlan_mac: Mac::for_ip(role::VXLAN, ip),
                     sysctls: node.sysctls.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
+                    labels: crate::identity::host_labels(&node.name, &node.labels),
+                    ports: node.ports.clone(),
                 }
             })
             .collect();

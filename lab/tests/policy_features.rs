@@ -317,13 +317,20 @@ fn entities_select_the_world_the_cluster_the_host_and_remote_nodes() {
 /// NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT; this test found that.) The node-b row reads `X . X . .`.
 #[test]
 fn entities_select_remote_nodes_through_the_tunnel() {
-    let text = std::fs::read_to_string(topology("policy/entities.yaml")).unwrap();
+    let (_dir, file) = with_tunnel("policy/entities.yaml");
+    entities_are_enforced(&file);
+}
+
+/// A copy of a native-routing topology with `routingMode: tunnel`, in a folder that goes with the
+/// returned guard.
+fn with_tunnel(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let text = std::fs::read_to_string(topology(name)).unwrap();
     let text = text.replace("routingMode: native", "routingMode: tunnel");
     assert!(text.contains("routingMode: tunnel"));
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("entities.yaml");
+    let file = dir.path().join(std::path::Path::new(name).file_name().unwrap());
     std::fs::write(&file, text).unwrap();
-    entities_are_enforced(&file);
+    (dir, file)
 }
 
 fn entities_are_enforced(file: &std::path::Path) {
@@ -485,4 +492,71 @@ srv/ns-absent\t.\t.\tX\t.\tX\t.\tX\t.\tX\t.
 fn match_expressions_select_pods_and_namespaces() {
     let lab = Lab::up(&topology("policy/match-expressions.yaml"), "exprs");
     assert_eq!(probed_matrix(&lab.plan(), Kind::Tcp(80)), EXPRESSIONS);
+}
+
+/// Rows are senders, columns node-a's ports (host-policy.yaml).
+const HOST_INGRESS: &str = "\
+-\ttcp/22\ttcp/10250
+admin\t.\tX
+web\tX\tX
+default/client\tX\t.
+default/local\tX\tX
+node-b\t.\t.
+";
+
+/// From node-a (the row) to each peer: TCP/443 to the externals, TCP/80 to the pods, TCP/22 to
+/// node-b.
+const HOST_EGRESS: &str = "\
+-\tadmin\tweb\tdefault/client\tdefault/local\tnode-b
+node-a\t.\tX\t.\t.\t.
+";
+
+/// A CiliumClusterwideNetworkPolicy with a nodeSelector is node-a's host policy, enforced on its
+/// own traffic wherever it crosses a program: from the world and other nodes on the uplink, from
+/// its own pods at their veths, and on the way out. node-b, which the selector does not match,
+/// stays open; replies of allowed connections pass both ways; the drops are default deny (133)
+/// at node-a's host endpoint.
+#[test]
+fn a_node_selector_makes_a_host_policy() {
+    host_policy_is_enforced(&topology("policy/host-policy.yaml"));
+}
+
+/// The same with the tunnel: node-a's own connections to pods on node-b go through it.
+#[test]
+fn a_host_policy_holds_through_the_tunnel() {
+    let (_dir, file) = with_tunnel("policy/host-policy.yaml");
+    host_policy_is_enforced(&file);
+}
+
+fn host_policy_is_enforced(file: &std::path::Path) {
+    let lab = Lab::up(file, "hostfw");
+    let plan = lab.plan();
+    let (node_a, node_b) = (Peer::node(&plan, "node-a"), Peer::node(&plan, "node-b"));
+    let (admin, web) = (Peer::external(&plan, "admin"), Peer::external(&plan, "web"));
+    let (client, local) = (Peer::pod(&plan, "default/client"), Peer::pod(&plan, "default/local"));
+    let senders = [admin.clone(), web.clone(), client.clone(), local.clone(), node_b.clone()];
+    let ports = [Kind::Tcp(22), Kind::Tcp(10250)];
+
+    fn to<'a>(senders: &'a [Peer], ports: &[Kind], node: &'a Peer) -> Vec<(&'a Peer, &'a Peer, Kind)> {
+        let pairs = senders.iter().filter(|s| s.name != node.name);
+        pairs.flat_map(|s| ports.iter().map(move |&kind| (s, node, kind))).collect()
+    }
+    let columns: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    assert_eq!(table(&names(&senders), &columns, &to(&senders, &ports, &node_a)), HOST_INGRESS, "to node-a");
+    let to_node_b: Vec<Outcome> = probe_all(&to(&senders, &ports, &node_b));
+    assert!(to_node_b.iter().all(|o| *o == Outcome::Connected), "node-b has no host policy: {to_node_b:?}");
+
+    let peers = [admin.clone(), web.clone(), client.clone(), local.clone(), node_b.clone()];
+    let kind = |peer: &Peer| match peer.name.as_str() {
+        "admin" | "web" => Kind::Tcp(443),
+        "node-b" => Kind::Tcp(22),
+        _ => Kind::Tcp(80),
+    };
+    let egress: Vec<(&Peer, &Peer, Kind)> = peers.iter().map(|peer| (&node_a, peer, kind(peer))).collect();
+    assert_eq!(table(&["node-a".to_string()], &names(&peers), &egress), HOST_EGRESS, "from node-a");
+    assert_eq!(probe_all(&[(&node_b, &web, Kind::Tcp(443))]), [Outcome::Connected], "node-b is not selected");
+
+    assert_eq!(drop_of(&lab.name, &web, &node_a, Kind::Tcp(22)), ("INGRESS".into(), POLICY_DENIED));
+    assert_eq!(drop_of(&lab.name, &local, &node_a, Kind::Tcp(22)), ("INGRESS".into(), POLICY_DENIED));
+    assert_eq!(drop_of(&lab.name, &node_a, &web, Kind::Tcp(443)), ("EGRESS".into(), POLICY_DENIED));
 }

@@ -279,7 +279,8 @@ pub fn run(seconds: Duration, mut on_sample: impl FnMut(usize, Setup, Traffic, f
         row.other_load = load.cores();
         if row.setup != Setup::Bare {
             pair.switch_to(row.setup)?;
-            row.cost = Some(pair.program_cost().with_context(|| format!("{}: measuring the programs' cost", row.setup))?);
+            row.cost =
+                Some(pair.program_cost().with_context(|| format!("{}: measuring the programs' cost", row.setup))?);
         }
     }
 

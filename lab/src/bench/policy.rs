@@ -217,6 +217,7 @@ pub fn synthetic() -> Synthetic {
             namespace: namespace(j),
             ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 2)) + n as u32),
             named_ports: Vec::new(),
+            host: false,
         });
     }
     let resources = (0..RULES).map(synthetic_rule).collect();
@@ -631,7 +632,7 @@ mod tests {
             let selected = compiled.endpoints.iter().filter(|e| e.ingress_enforced).count();
             assert_eq!(selected, ENDPOINTS);
             assert!(!compiled.endpoints[PROBER].ingress_enforced);
-            let last = compiled.endpoints.last().unwrap();
+            let last = &compiled.endpoints[ENDPOINTS];
             // ICMP is looked up with its type as the port: 8, an echo request.
             assert_eq!(lookup(last, prober, false, 1, 8).verdict.is_allowed(), l3_only, "ICMP");
             assert!(lookup(last, prober, false, 6, 80).verdict.is_allowed());

@@ -152,7 +152,9 @@ fn print_table(results: &[UpResult], verdicts: &[Verdict]) {
 pub fn datapath(seconds: Duration, format: Format) -> Result<()> {
     super::require_root()?;
     let result = datapath::run(seconds, |round, setup, traffic, rate| match traffic {
-        Traffic::RequestResponse => eprintln!("round {}/{ROUNDS}, {setup}: request/response {rate:.0} trans/s", round + 1),
+        Traffic::RequestResponse => {
+            eprintln!("round {}/{ROUNDS}, {setup}: request/response {rate:.0} trans/s", round + 1)
+        }
         Traffic::Bulk => eprintln!("round {}/{ROUNDS}, {setup}: bulk {rate:.2} Gbit/s", round + 1),
     })?;
     let verdicts = datapath_verdicts(&result);

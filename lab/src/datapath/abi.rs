@@ -67,6 +67,13 @@ pub mod match_type {
 
 pub const ENDPOINT_F_INGRESS_ENFORCED: u32 = 1;
 pub const ENDPOINT_F_EGRESS_ENFORCED: u32 = 2;
+pub const ENDPOINT_F_HOST: u32 = 4;
+
+/// The endpoint ID of every node's host endpoint: beyond the pods' 1..=4095, so never theirs.
+pub const HOST_ENDPOINT_ID: u16 = 4096;
+
+/// The UDP port of the lab's VXLAN overlay (Cilium's).
+pub const VXLAN_PORT: u16 = 8472;
 
 pub const POLICY_PREFIX_STATIC: u32 = 40;
 pub const POLICY_PREFIX_FULL: u32 = 64;

@@ -24,6 +24,7 @@ pub(crate) static HOST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!(
 /// Maps shared by every node of a lab, pinned in the lab's folder rather than the node's.
 const LAB_WIDE_MAPS: [&str; 2] = ["lab_events", "lab_metrics"];
 const POLICY_MAP: &str = "lab_policy";
+pub(crate) const HOST_POLICY_MAP: &str = "lab_host_policy";
 
 /// The magic number of a bpf filesystem (`BPF_FS_MAGIC`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -67,6 +68,7 @@ pub fn attach(plan: &Plan) -> Result<()> {
         let mut host =
             loader.load(HOST_OBJECT).with_context(|| format!("loading the datapath of node {}", node.name))?;
         node.attach(&mut host, "from_netdev", UPLINK_NAME, TcAttachType::Ingress)?;
+        node.attach(&mut host, "to_netdev", UPLINK_NAME, TcAttachType::Egress)?;
         if plan.routing_mode == RoutingMode::Tunnel {
             node.attach(&mut host, "from_overlay", VXLAN_NAME, TcAttachType::Ingress)?;
             node.attach(&mut host, "to_overlay", VXLAN_NAME, TcAttachType::Egress)?;
@@ -90,7 +92,10 @@ pub fn detach_pods(plan: &Plan, pods: &[usize]) -> Result<()> {
     let nodes = open_nodes(plan)?;
     for &index in pods {
         let pod = &plan.pods[index];
-        nodes[pod.node].detach(&pod.host_ifname, &[("from_container", TcAttachType::Ingress), ("to_container", TcAttachType::Egress)])?;
+        nodes[pod.node].detach(
+            &pod.host_ifname,
+            &[("from_container", TcAttachType::Ingress), ("to_container", TcAttachType::Egress)],
+        )?;
     }
     Ok(())
 }
@@ -99,6 +104,7 @@ pub fn detach_pods(plan: &Plan, pods: &[usize]) -> Result<()> {
 fn lab_loader<'a>(plan: &Plan) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(POLICY_MAP, plan.policy_map_size);
+    loader.map_max_entries(HOST_POLICY_MAP, plan.policy_map_size);
     for map in LAB_WIDE_MAPS {
         loader.map_pin_path(map, pins::lab_dir(&plan.lab).join(map));
     }

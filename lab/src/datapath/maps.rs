@@ -45,23 +45,29 @@ pub fn ipcache(plan: &Plan, node: usize, cidrs: &BTreeMap<Ipv4Net, u32>) -> BTre
     entries
 }
 
-/// The endpoints of node `node`, with their enforcement flags.
+/// The endpoints of node `node` by address, with their enforcement flags (`flags` of an index
+/// into [`super::endpoints`]): its pods, and its host endpoint at each of the node's addresses.
 pub fn endpoints(plan: &Plan, node: usize, flags: impl Fn(usize) -> u32) -> BTreeMap<Ipv4Addr, EndpointInfo> {
-    plan.pods
-        .iter()
-        .enumerate()
-        .filter(|(_, pod)| pod.node == node)
-        .map(|(i, pod)| {
-            let info = EndpointInfo {
-                ifindex: pod.host_ifindex,
-                endpoint_id: pod.endpoint_id,
-                node_id: plan.nodes[node].id,
-                identity: pod.identity,
-                flags: flags(i),
-            };
-            (pod.ip, info)
-        })
-        .collect()
+    let node_id = plan.nodes[node].id;
+    let pods = plan.pods.iter().enumerate().filter(|(_, pod)| pod.node == node).map(|(i, pod)| {
+        let info = EndpointInfo {
+            ifindex: pod.host_ifindex,
+            endpoint_id: pod.endpoint_id,
+            node_id,
+            identity: pod.identity,
+            flags: flags(i),
+        };
+        (pod.ip, info)
+    });
+    let host = EndpointInfo {
+        ifindex: 0,
+        endpoint_id: abi::HOST_ENDPOINT_ID,
+        node_id,
+        identity: identity::HOST,
+        flags: flags(super::host_endpoint(plan, node)) | abi::ENDPOINT_F_HOST,
+    };
+    let addresses = [plan.nodes[node].ip.addr(), plan.nodes[node].router_ip];
+    pods.chain(addresses.map(|address| (address, host))).collect()
 }
 
 fn open(path: &std::path::Path) -> Result<MapData> {
@@ -119,10 +125,28 @@ pub fn read_ipcache(plan: &Plan, node: usize) -> Result<BTreeMap<Ipv4Net, Ipcach
         .collect()
 }
 
-fn policy_map(plan: &Plan, pod: usize) -> Result<LpmTrie<MapData, [u8; 8], PolicyEntry>> {
-    let p = &plan.pods[pod];
-    let path = pins::policy(&plan.lab, &plan.nodes[p.node].name, p.endpoint_id);
-    Ok(LpmTrie::try_from(Map::LpmTrie(open(&path)?))?)
+/// Where the policy map of endpoint `endpoint` is pinned: pods first, then the nodes' host
+/// endpoints, as in [`super::endpoints`].
+pub fn policy_pin(plan: &Plan, endpoint: usize) -> std::path::PathBuf {
+    match plan.pods.get(endpoint) {
+        Some(pod) => pins::policy(&plan.lab, &plan.nodes[pod.node].name, pod.endpoint_id),
+        None => {
+            let node = &plan.nodes[endpoint - plan.pods.len()].name;
+            pins::node_map(&plan.lab, node, super::loader::HOST_POLICY_MAP)
+        }
+    }
+}
+
+/// A pod's `namespace/name`, or `host of node NAME`.
+fn endpoint_name(plan: &Plan, endpoint: usize) -> String {
+    match plan.pods.get(endpoint) {
+        Some(pod) => format!("pod {}", pod.id()),
+        None => format!("the host endpoint of node {}", plan.nodes[endpoint - plan.pods.len()].name),
+    }
+}
+
+fn policy_map(plan: &Plan, endpoint: usize) -> Result<LpmTrie<MapData, [u8; 8], PolicyEntry>> {
+    Ok(LpmTrie::try_from(Map::LpmTrie(open(&policy_pin(plan, endpoint))?))?)
 }
 
 fn policy_key(bits: &Key<[u8; 8]>) -> PolicyKey {
@@ -136,16 +160,18 @@ fn policy_key(bits: &Key<[u8; 8]>) -> PolicyKey {
     }
 }
 
-/// The policy map of pod `pod` as the kernel holds it, counters included.
-pub fn read_policy(plan: &Plan, pod: usize) -> Result<BTreeMap<PolicyKey, PolicyEntry>> {
-    policy_map(plan, pod)?.iter().map(|item| item.map(|(k, e)| (policy_key(&k), e)).map_err(Into::into)).collect()
+/// The policy map of endpoint `endpoint` (see [`policy_pin`]) as the kernel holds it, counters
+/// included.
+pub fn read_policy(plan: &Plan, endpoint: usize) -> Result<BTreeMap<PolicyKey, PolicyEntry>> {
+    policy_map(plan, endpoint)?.iter().map(|item| item.map(|(k, e)| (policy_key(&k), e)).map_err(Into::into)).collect()
 }
 
-/// Makes the policy map of pod `pod` hold exactly `entries`: new and changed entries are
-/// written, entries no longer wanted removed, unchanged ones (and their counters) kept.
-pub fn sync_policy(plan: &Plan, pod: usize, entries: &BTreeMap<PolicyKey, PolicyEntry>) -> Result<()> {
-    let present = read_policy(plan, pod)?;
-    let mut map = policy_map(plan, pod)?;
+/// Makes the policy map of endpoint `endpoint` (see [`policy_pin`]) hold exactly `entries`: new
+/// and changed entries are written, entries no longer wanted removed, unchanged ones (and their
+/// counters) kept.
+pub fn sync_policy(plan: &Plan, endpoint: usize, entries: &BTreeMap<PolicyKey, PolicyEntry>) -> Result<()> {
+    let present = read_policy(plan, endpoint)?;
+    let mut map = policy_map(plan, endpoint)?;
     for (key, entry) in &present {
         if !entries.get(key).is_some_and(|want| same_rule(want, entry)) {
             map.remove(&policy_bits(key))?;
@@ -154,7 +180,7 @@ pub fn sync_policy(plan: &Plan, pod: usize, entries: &BTreeMap<PolicyKey, Policy
     for (key, entry) in entries {
         if !present.get(key).is_some_and(|have| same_rule(entry, have)) {
             map.insert(&policy_bits(key), *entry, 0)
-                .with_context(|| format!("policy of pod {}", plan.pods[pod].id()))?;
+                .with_context(|| format!("policy of {}", endpoint_name(plan, endpoint)))?;
         }
     }
     Ok(())
@@ -203,6 +229,14 @@ mod tests {
         assert_eq!(remote_router.identity, identity::REMOTE_NODE);
         assert_eq!(remote_router.tunnel_endpoint, ipv4(plan.nodes[1].ip.addr()), "the tunnel carries it");
         assert_eq!(on_a[&"203.0.113.0/24".parse().unwrap()].identity, 0x0100_0001);
-        assert_eq!(endpoints(&plan, 1, |_| 3).len(), 1);
+        // Node b's endpoints: its pod, and its host endpoint at both of its addresses.
+        let on_b = endpoints(&plan, 1, |endpoint| endpoint as u32);
+        assert_eq!(on_b.len(), 3);
+        assert_eq!((on_b[&y.ip].endpoint_id, on_b[&y.ip].flags), (y.endpoint_id, 1));
+        for address in [plan.nodes[1].ip.addr(), plan.nodes[1].router_ip] {
+            let host = on_b[&address];
+            assert_eq!((host.endpoint_id, host.identity), (abi::HOST_ENDPOINT_ID, identity::HOST));
+            assert_eq!(host.flags, 3 | abi::ENDPOINT_F_HOST, "the flags of endpoint 3, node b's host");
+        }
     }
 }

@@ -11,19 +11,34 @@ use anyhow::{Context, Result};
 use crate::plan::Plan;
 use crate::policy::{self, Compiled};
 
-/// The lab's pods as the policy engine sees them, in plan order.
+/// The lab's endpoints as the policy engine sees them: the pods in plan order, then each node's
+/// host endpoint in node order (see [`host_endpoint`]).
 pub fn endpoints(plan: &Plan) -> Vec<policy::Endpoint> {
-    plan.pods
-        .iter()
-        .map(|pod| policy::Endpoint {
-            id: pod.endpoint_id,
-            identity: pod.identity,
-            ip: pod.ip,
-            labels: pod.labels.clone(),
-            namespace: pod.namespace.clone(),
-            named_ports: pod.ports.iter().filter_map(|p| Some((p.name.clone()?, p.port, p.protocol))).collect(),
-        })
-        .collect()
+    let pods = plan.pods.iter().map(|pod| policy::Endpoint {
+        id: pod.endpoint_id,
+        identity: pod.identity,
+        ip: pod.ip,
+        labels: pod.labels.clone(),
+        namespace: pod.namespace.clone(),
+        named_ports: pod.ports.iter().filter_map(|p| Some((p.name.clone()?, p.port, p.protocol))).collect(),
+        host: false,
+    });
+    let hosts = plan.nodes.iter().map(|node| policy::Endpoint {
+        id: abi::HOST_ENDPOINT_ID,
+        identity: abi::identity::HOST,
+        // Host endpoints are not matched by address, whatever the semantics.
+        ip: std::net::Ipv4Addr::UNSPECIFIED,
+        labels: node.labels.clone(),
+        namespace: String::new(),
+        named_ports: Vec::new(),
+        host: true,
+    });
+    pods.chain(hosts).collect()
+}
+
+/// The index of node `node`'s host endpoint in [`endpoints`] (and so in a compiled policy).
+pub fn host_endpoint(plan: &Plan, node: usize) -> usize {
+    plan.pods.len() + node
 }
 
 /// Loads the datapath into a built lab and fills its maps: ipcache and endpoints per node, and
@@ -31,10 +46,10 @@ pub fn endpoints(plan: &Plan) -> Vec<policy::Endpoint> {
 pub fn install(plan: &Plan, policy: &Compiled) -> Result<()> {
     loader::prepare_pins(plan)?;
     loader::attach(plan).context("attaching the datapath")?;
-    for (pod, endpoint) in policy.endpoints.iter().enumerate() {
-        maps::sync_policy(plan, pod, &endpoint.entries)?;
+    for (endpoint, compiled) in policy.endpoints.iter().enumerate() {
+        maps::sync_policy(plan, endpoint, &compiled.entries)?;
     }
-    maps::fill_nodes(plan, &policy.cidr_identities, |pod| policy.endpoints[pod].flags())
+    maps::fill_nodes(plan, &policy.cidr_identities, |endpoint| policy.endpoints[endpoint].flags())
         .context("filling the datapath's maps")?;
     Ok(())
 }

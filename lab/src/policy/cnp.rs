@@ -2,7 +2,8 @@
 //! structs that reject unknown fields, checked and translated into [`Rule`]s the way Cilium's
 //! pkg/k8s/apis/cilium.io/utils does it (namespace restriction of selectors included).
 //!
-//! Supported: `endpointSelector`, `ingress`/`ingressDeny`/`egress`/`egressDeny` with
+//! Supported: `endpointSelector`, `nodeSelector` (host policies, CCNP only: the rule selects the
+//! host endpoints of nodes whose labels match, and nothing else), `ingress`/`ingressDeny`/`egress`/`egressDeny` with
 //! `fromEndpoints`/`toEndpoints`, `fromEntities`/`toEntities`, `fromCIDR`/`toCIDR` (a CIDR or a
 //! bare address, its /32), `fromCIDRSet`/`toCIDRSet` (`cidr` and `except`) and `toPorts[].ports[]`
 //! (`port` as number, string or name, `endPort`, `protocol` TCP/UDP/SCTP/ANY), and
@@ -15,7 +16,7 @@
 //!
 //! Errors, as not supported yet: `fromRequires`/`toRequires`, `fromNodes`/`toNodes`,
 //! `fromGroups`/`toGroups`, `toServices`, `cidrGroupRef`/`cidrGroupSelector` of CIDR sets, `icmps`,
-//! `authentication`, TLS/`serverNames`/`listener` of port rules, and `nodeSelector`.
+//! `authentication`, and TLS/`serverNames`/`listener` of port rules.
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -36,7 +37,7 @@ pub(super) const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RuleSpec {
     endpoint_selector: Option<SelectorSpec>,
-    node_selector: Option<Value>,
+    node_selector: Option<SelectorSpec>,
     ingress: Option<Vec<IngressSpec>>,
     ingress_deny: Option<Vec<IngressSpec>>,
     egress: Option<Vec<EgressSpec>>,
@@ -323,16 +324,26 @@ impl Context<'_> {
         let text = serde_yaml::to_string(value).map_err(|e| self.error(path, e.to_string()))?;
         let spec: RuleSpec = serde_yaml::from_str(&text).map_err(|e| self.serde_error(path, &e))?;
 
-        if spec.node_selector.is_some() {
-            return Err(self.error(
-                &format!("{path}.nodeSelector"),
-                "`nodeSelector` (host policies) is not supported by the lab yet",
-            ));
-        }
-        let Some(subject) = &spec.endpoint_selector else {
-            return Err(self.error(path, "a rule needs an `endpointSelector`"));
+        let (subject, hosts) = match (&spec.endpoint_selector, &spec.node_selector) {
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    &format!("{path}.nodeSelector"),
+                    "a rule has either an `endpointSelector` or a `nodeSelector`, not both",
+                ));
+            }
+            (None, None) => return Err(self.error(path, "a rule needs an `endpointSelector` or a `nodeSelector`")),
+            (Some(selector), None) => (self.subject(&format!("{path}.endpointSelector"), selector)?, false),
+            (None, Some(selector)) => {
+                let field = format!("{path}.nodeSelector");
+                if let Scope::Namespace(_) = self.scope {
+                    return Err(self.error(
+                        &field,
+                        "host policies (`nodeSelector`) are cluster-wide: use a CiliumClusterwideNetworkPolicy",
+                    ));
+                }
+                (self.selector(&field, selector)?, true)
+            }
         };
-        let subject = self.subject(&format!("{path}.endpointSelector"), subject)?;
 
         let sections: [(&str, Direction, bool, Vec<ItemView>); 4] = [
             ("ingress", Direction::Ingress, false, spec.ingress.iter().flatten().map(IngressSpec::view).collect()),
@@ -371,7 +382,7 @@ impl Context<'_> {
                 items.push(item);
             }
         }
-        Ok(Rule { subject, default_deny_ingress, default_deny_egress, items, outside_policy_types: Vec::new() })
+        Ok(Rule { subject, hosts, default_deny_ingress, default_deny_egress, items, outside_policy_types: Vec::new() })
     }
 
     /// A serde error of the rule at `path`: its own path, made absolute, names the field.

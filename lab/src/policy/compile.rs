@@ -291,6 +291,10 @@ pub(crate) fn apply_denies(entries: &mut BTreeMap<PolicyKey, PolicyEntry>) {
 /// The labels the subject selectors see: the identity's (Cilium computes policy per identity),
 /// or the endpoint's own when its identity is unknown; with its namespace label in any case.
 fn subject_labels(endpoint: &Endpoint, identities: &BTreeMap<u32, Labels>) -> Labels {
+    // Every node's host endpoint has the host identity; nodeSelectors tell them apart by node labels.
+    if endpoint.host {
+        return endpoint.labels.clone();
+    }
     let mut labels = identities.get(&endpoint.identity).cloned().unwrap_or_else(|| endpoint.labels.clone());
     let namespace = LabelKey::new(Source::K8s, NAMESPACE_KEY);
     if namespace.value(&labels).is_none() {
@@ -356,11 +360,11 @@ pub(crate) fn compile(
     for (index, endpoint) in endpoints.iter().enumerate() {
         let labels = subject_labels(endpoint, identities);
         let mut entries = BTreeMap::new();
-        // `always`: every endpoint is in default deny both ways, selected or not.
-        let mut default_deny = [options.enforcement == PolicyEnforcement::Always; 2];
+        // `always`: every pod is in default deny both ways, selected or not.
+        let mut default_deny = [options.enforcement == PolicyEnforcement::Always && !endpoint.host; 2];
         let mut contributors = BTreeSet::new();
         for (rule, resolved) in set.rules.iter().zip(&resolved) {
-            if !rule.subject.matches(&labels) {
+            if rule.hosts != endpoint.host || !rule.subject.matches(&labels) {
                 continue;
             }
             default_deny[0] |= rule.default_deny_ingress && !skipped(rule, Direction::Ingress, options.semantics);

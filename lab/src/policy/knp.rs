@@ -226,6 +226,7 @@ impl Context<'_> {
             }
         }
         Ok(Rule {
+            hosts: false,
             subject,
             default_deny_ingress: default_deny[0],
             default_deny_egress: default_deny[1],

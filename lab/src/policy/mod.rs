@@ -100,6 +100,9 @@ pub struct Endpoint {
     pub ip: Ipv4Addr,
     /// Named container ports: `(name, port, protocol)`.
     pub named_ports: Vec<(String, u16, Protocol)>,
+    /// A node's host endpoint rather than a pod: only host policies (`nodeSelector`) select it,
+    /// by its `labels` (the node's, and `reserved:host`), and enforcement `always` leaves it be.
+    pub host: bool,
 }
 
 /// Compilation settings.

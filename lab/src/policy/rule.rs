@@ -221,6 +221,9 @@ pub struct Item {
 pub struct Rule {
     /// The endpoints it applies to, with any namespace restriction already added.
     pub subject: Selector,
+    /// A host policy (`nodeSelector`): `subject` selects nodes' host endpoints, and only those.
+    /// An `endpointSelector` never selects a host endpoint, as in Cilium.
+    pub hosts: bool,
     pub default_deny_ingress: bool,
     pub default_deny_egress: bool,
     pub items: Vec<Item>,

@@ -55,6 +55,7 @@ pub(super) fn lab() -> Lab {
             namespace: namespace.to_string(),
             ip: std::net::Ipv4Addr::new(10, 0, subnet, id as u8),
             named_ports: ports.into_iter().map(|(n, p, proto)| (n.to_string(), p, proto)).collect(),
+            host: false,
         });
     }
     Lab { endpoints, identities }
@@ -821,4 +822,89 @@ fn lookup_precedence_mirrors_the_datapath() {
     assert_eq!(chosen(&policy(vec![])), (Verdict::DefaultDenied, None, match_type::NONE));
     let p = policy(vec![(key(0, TCP, 80, 64), entry(false, 24, 7))]);
     assert_eq!(chosen(&p), (Verdict::Allowed, Some((7, false)), match_type::L4_ONLY));
+}
+
+/// The test lab with two nodes' host endpoints after the pods: `worker` (labelled
+/// `firewall: on`) at index 4 and `edge` at 5.
+fn lab_with_hosts() -> Lab {
+    let mut lab = lab();
+    for (node, labels) in [("worker", vec![("firewall", "on")]), ("edge", vec![])] {
+        let labels: BTreeMap<String, String> = labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        lab.endpoints.push(Endpoint {
+            id: crate::datapath::abi::HOST_ENDPOINT_ID,
+            identity: reserved::HOST,
+            labels: crate::identity::host_labels(node, &labels),
+            namespace: String::new(),
+            ip: std::net::Ipv4Addr::UNSPECIFIED,
+            named_ports: Vec::new(),
+            host: true,
+        });
+    }
+    lab
+}
+
+const HOST_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: host-fw}
+spec:
+  nodeSelector: {matchLabels: {firewall: on}}
+  ingress:
+    - fromEntities: [remote-node]
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: '22', protocol: TCP}]}]
+";
+
+#[test]
+fn a_node_selector_selects_host_endpoints_by_node_labels_and_nothing_else() {
+    let lab = lab_with_hosts();
+    let compiled = compile_in(&lab, HOST_POLICY, &Options::default()).unwrap();
+    let (worker, edge) = (&compiled.endpoints[4], &compiled.endpoints[5]);
+    assert!(worker.ingress_enforced && !worker.egress_enforced);
+    assert_eq!(edge.flags(), 0, "edge's labels do not match");
+    assert!(compiled.endpoints[..4].iter().all(|pod| pod.flags() == 0), "a nodeSelector never selects pods");
+    let verdict = |identity, port| lookup(worker, identity, false, TCP, port).verdict;
+    assert_eq!(verdict(reserved::REMOTE_NODE, 10250), Verdict::Allowed);
+    // A CCNP's peer selector without a namespace selects pods of every namespace.
+    assert_eq!(verdict(CLIENT_A, 22), Verdict::Allowed);
+    assert_eq!(verdict(CLIENT_B, 22), Verdict::Allowed);
+    assert_ne!(verdict(CLIENT_B, 10250), Verdict::Allowed);
+    assert_ne!(verdict(WEB, 22), Verdict::Allowed);
+    assert_ne!(verdict(reserved::WORLD, 22), Verdict::Allowed);
+    // The node's hostname label selects it too.
+    let by_name = HOST_POLICY.replace("{firewall: on}", "{kubernetes.io/hostname: edge}");
+    let compiled = compile_in(&lab, &by_name, &Options::default()).unwrap();
+    assert_eq!((compiled.endpoints[4].flags(), compiled.endpoints[5].ingress_enforced), (0, true));
+}
+
+#[test]
+fn endpoint_selectors_and_enforcement_always_leave_host_endpoints_alone() {
+    let lab = lab_with_hosts();
+    let everything = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: all-pods}
+spec:
+  endpointSelector: {}
+  ingress: [{fromEntities: [world]}]
+";
+    let compiled = compile_in(&lab, everything, &Options::default()).unwrap();
+    assert!(compiled.endpoints[..4].iter().all(|pod| pod.ingress_enforced));
+    assert!(compiled.endpoints[4..].iter().all(|host| host.flags() == 0 && host.entries.is_empty()));
+    let always = Options { enforcement: PolicyEnforcement::Always, ..Options::default() };
+    let compiled = compile_in(&lab, "", &always).unwrap();
+    assert!(compiled.endpoints[..4].iter().all(|pod| pod.ingress_enforced && pod.egress_enforced));
+    assert!(compiled.endpoints[4..].iter().all(|host| host.flags() == 0));
+}
+
+#[test]
+fn node_selectors_belong_to_clusterwide_rules_without_an_endpoint_selector() {
+    let namespaced = invalid(&cnp("a", "fw", "{nodeSelector: {matchLabels: {firewall: on}}, ingress: [{}]}"));
+    assert_eq!(namespaced.field, "spec.nodeSelector");
+    assert!(namespaced.message.contains("CiliumClusterwideNetworkPolicy"), "{}", namespaced.message);
+    let both = invalid(&HOST_POLICY.replace("  nodeSelector:", "  endpointSelector: {}\n  nodeSelector:"));
+    assert_eq!(both.field, "spec.nodeSelector");
+    assert!(both.message.contains("not both"), "{}", both.message);
+    let bad = invalid(
+        &HOST_POLICY.replace("{matchLabels: {firewall: on}}", "{matchExpressions: [{key: a, operator: Near}]}"),
+    );
+    assert_eq!(bad.field, "spec.nodeSelector.matchExpressions[0].operator");
 }

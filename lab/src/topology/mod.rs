@@ -190,6 +190,14 @@ pub struct Node {
     #[serde(default, rename = "podCIDR")]
     #[schemars(with = "Option<String>")]
     pub pod_cidr: Option<Ipv4Net>,
+    /// The node's Kubernetes labels, which host policies' `nodeSelector` match (besides
+    /// `kubernetes.io/hostname`, the node's name, and `kubernetes.io/os: linux`, which every node has).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Ports the node itself serves (`tcp/22`, `tcp/10250`), with the lab's built-in echo server
+    /// in the node's namespace: what host policies protect.
+    #[serde(default)]
+    pub ports: Vec<Port>,
     /// `net.*` sysctls set inside this node's namespace only, e.g. `net.ipv4.conf.all.rp_filter: 1`.
     #[serde(default)]
     pub sysctls: BTreeMap<String, Scalar>,

@@ -170,6 +170,8 @@ fn check_nodes(findings: &mut Findings, topology: &Topology) {
         if !seen.insert(node.name.as_str()) {
             findings.error(&field, format!("node `{}` is defined twice", node.name));
         }
+        check_labels(findings, &format!("nodes[{i}].labels"), &node.labels);
+        check_ports(findings, &format!("nodes[{i}].ports"), &node.ports);
         for (key, value) in &node.sysctls {
             let field = format!("nodes[{i}].sysctls.{key}");
             let well_formed = key.split('.').all(|part| {
