@@ -9,6 +9,7 @@
 #include "lib/endpoints.h"
 #include "lib/enforce.h"
 #include "lib/host_firewall.h"
+#include "lib/lb.h"
 #include "lib/events.h"
 #include "lib/metrics.h"
 
@@ -57,8 +58,10 @@ int from_container(struct __sk_buff *skb)
 		.direction = DIR_EGRESS,
 		.src_identity = self.identity,
 	};
+	struct lb4_service *service;
 	struct packet p;
 	bool report = false;
+	__u16 rev_nat_index = 0;
 	int ret;
 
 	ret = admit_ipv4(skb, &p, &meta);
@@ -68,8 +71,19 @@ int from_container(struct __sk_buff *skb)
 	if (p.saddr != ENDPOINT_IP)
 		return drop(skb, &meta, -DROP_INVALID_SIP);
 
+	/* To a service: to a backend from here on, so policy judges the backend's identity. */
+	service = lb4_lookup_service(&p);
+	if (service) {
+		ret = lb4_local(skb, &p, service, ENDPOINT_ID, bpf_ktime_get_ns());
+		if (ret < 0) {
+			meta.dst_identity = ID_WORLD;
+			return drop(skb, &meta, ret);
+		}
+		rev_nat_index = ret;
+	}
+
 	meta.dst_identity = identity_of(p.daddr);
-	ret = enforce(skb, &p, &meta, &lab_policy, self.flags, meta.dst_identity, &report);
+	ret = enforce(skb, &p, &meta, &lab_policy, self.flags, meta.dst_identity, rev_nat_index, 0, &report);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 	/* To the node itself: its host policy too. */
@@ -97,6 +111,7 @@ int to_container(struct __sk_buff *skb)
 	};
 	struct packet p;
 	bool report = false;
+	__u16 rev_nat_index = 0;
 	int ret;
 
 	ret = admit_ipv4(skb, &p, &meta);
@@ -113,9 +128,15 @@ int to_container(struct __sk_buff *skb)
 		if (ret != TC_ACT_UNSPEC)
 			return ret;
 	}
-	ret = enforce(skb, &p, &meta, &lab_policy, self.flags, meta.src_identity, &report);
+	ret = enforce(skb, &p, &meta, &lab_policy, self.flags, meta.src_identity, 0, &rev_nat_index, &report);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
+	/* A service's reply: from the frontend the pod connected to, not the backend. */
+	if (rev_nat_index) {
+		ret = lb4_rev_nat(skb, &p, rev_nat_index);
+		if (ret < 0)
+			return drop(skb, &meta, ret);
+	}
 
 	if (report)
 		trace(skb, &meta, OBS_TO_ENDPOINT);

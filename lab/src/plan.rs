@@ -39,6 +39,8 @@ pub fn netns_prefix(lab: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub lab: String,
+    /// Where Services' ClusterIPs are allocated.
+    pub service_cidr: Ipv4Net,
     pub routing_mode: RoutingMode,
     pub attach: AttachMode,
     pub mtu: u32,
@@ -404,6 +406,7 @@ impl Plan {
 
         Plan {
             lab: lab.to_string(),
+            service_cidr: cluster.service_cidr,
             routing_mode: cluster.routing_mode,
             attach: cluster.attach,
             mtu: cluster.mtu,

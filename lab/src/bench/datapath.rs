@@ -241,7 +241,7 @@ pub fn run(seconds: Duration, mut on_sample: impl FnMut(usize, Setup, Traffic, f
     time_build(&lab.plan).context("building the lab")?;
     interrupt.check()?;
     compiled.endpoints[SERVER].entries = maps[0].clone();
-    datapath::install(&lab.plan, &compiled).context("installing the datapath")?;
+    datapath::install(&lab.plan, &compiled, &Default::default()).context("installing the datapath")?;
     let mut pair = Pair {
         interrupt: &interrupt,
         plan: &lab.plan,

@@ -70,7 +70,7 @@ pub fn endpoints(plan: &Plan, node: usize, flags: impl Fn(usize) -> u32) -> BTre
     pods.chain(addresses.map(|address| (address, host))).collect()
 }
 
-fn open(path: &std::path::Path) -> Result<MapData> {
+pub(super) fn open(path: &std::path::Path) -> Result<MapData> {
     MapData::from_pin(path).with_context(|| format!("opening the pinned map {}", path.display()))
 }
 

@@ -2,6 +2,7 @@
 //! aya, and the maps userspace keeps for them.
 
 pub mod abi;
+pub mod lb;
 pub mod loader;
 pub mod maps;
 pub mod pins;
@@ -10,6 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::plan::Plan;
 use crate::policy::{self, Compiled};
+use crate::services::Services;
 
 /// The lab's endpoints as the policy engine sees them: the pods in plan order, then each node's
 /// host endpoint in node order (see [`host_endpoint`]).
@@ -41,9 +43,9 @@ pub fn host_endpoint(plan: &Plan, node: usize) -> usize {
     plan.pods.len() + node
 }
 
-/// Loads the datapath into a built lab and fills its maps: ipcache and endpoints per node, and
-/// every endpoint's policy with its enforcement.
-pub fn install(plan: &Plan, policy: &Compiled) -> Result<()> {
+/// Loads the datapath into a built lab and fills its maps: ipcache, endpoints and services per
+/// node, and every endpoint's policy with its enforcement.
+pub fn install(plan: &Plan, policy: &Compiled, services: &Services) -> Result<()> {
     loader::prepare_pins(plan)?;
     loader::attach(plan).context("attaching the datapath")?;
     for (endpoint, compiled) in policy.endpoints.iter().enumerate() {
@@ -51,5 +53,6 @@ pub fn install(plan: &Plan, policy: &Compiled) -> Result<()> {
     }
     maps::fill_nodes(plan, &policy.cidr_identities, |endpoint| policy.endpoints[endpoint].flags())
         .context("filling the datapath's maps")?;
+    lb::sync(plan, &lb::lb_maps(services)).context("filling the service maps")?;
     Ok(())
 }

@@ -67,6 +67,11 @@ pub struct Cluster {
     #[serde(default = "Cluster::default_node_cidr", rename = "nodeCIDR")]
     #[schemars(with = "String")]
     pub node_cidr: Ipv4Net,
+    /// Where Services' ClusterIPs come from when a Service names none (the apiserver's
+    /// `--service-cluster-ip-range`). Outside the pod and node CIDRs.
+    #[serde(default = "Cluster::default_service_cidr", rename = "serviceCIDR")]
+    #[schemars(with = "String")]
+    pub service_cidr: Ipv4Net,
     /// How pods on different nodes reach each other.
     #[serde(default)]
     pub routing_mode: RoutingMode,
@@ -105,6 +110,9 @@ impl Cluster {
     fn default_node_cidr() -> Ipv4Net {
         "172.18.0.0/24".parse().expect("valid default")
     }
+    fn default_service_cidr() -> Ipv4Net {
+        "172.30.0.0/16".parse().expect("valid default")
+    }
     fn default_mtu() -> u32 {
         1500
     }
@@ -119,6 +127,7 @@ impl Default for Cluster {
             pod_cidr: Self::default_pod_cidr(),
             pod_cidr_mask_size: Self::default_pod_cidr_mask_size(),
             node_cidr: Self::default_node_cidr(),
+            service_cidr: Self::default_service_cidr(),
             routing_mode: RoutingMode::default(),
             mtu: Self::default_mtu(),
             attach: AttachMode::default(),

@@ -235,3 +235,10 @@ pub fn probed_matrix(plan: &Plan, kind: lab::probe::Kind) -> String {
     let pods: Vec<&lab::plan::PodPlan> = plan.pods.iter().collect();
     lab::probe::matrix(&pods, kind, std::time::Duration::from_millis(500)).unwrap()
 }
+
+/// Every flow the agent recorded (the `flow` of each line of /run/lab/<lab>/flows.jsonl).
+pub fn flows(lab: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(lab::state::LabDir::of(lab).flows_path()).unwrap_or_default();
+    let records = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    records.map(|v| v["flow"].clone()).collect()
+}

@@ -1,0 +1,133 @@
+//! Services through the real datapath (topologies/services/clusterip.yaml): per-packet load
+//! balancing in the client's egress with DNAT, reverse NAT on the replies, session affinity,
+//! named target ports, the drop of a service without backends, and policy after DNAT.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Lab, flows, topology};
+use lab::net::netns;
+use pretty_assertions::assert_eq;
+
+const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
+const STICKY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 11);
+const EMPTY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 12);
+
+/// An HTTP GET to `address`:80 from inside `pod`'s namespace: the answering pod (the agent's
+/// HTTP answer names it), or the error.
+fn get(pod: &std::fs::File, address: Ipv4Addr) -> Result<String, String> {
+    let target = SocketAddrV4::new(address, 80).into();
+    let stream = netns::run_in(pod, || TcpStream::connect_timeout(&target, Duration::from_secs(1))).unwrap();
+    let mut stream = stream.map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(stream.peer_addr().unwrap(), target, "the client's peer is the ClusterIP");
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    answer.lines().last().map(str::to_string).ok_or_else(|| "an empty answer".to_string())
+}
+
+/// A packet socket on `eth0` inside `netns`: every frame the pod receives, from now on.
+fn capture(netns: &std::fs::File) -> socket2::Socket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    let socket = netns::run_in(netns, || {
+        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(all))))?;
+        socket.set_recv_buffer_size(8 << 20)?;
+        Ok::<_, std::io::Error>(socket)
+    })
+    .unwrap()
+    .expect("a packet socket (root)");
+    socket.set_nonblocking(true).unwrap();
+    socket
+}
+
+/// The IPv4 TCP sources (address, port) of every frame to `receiver` the socket holds (it also
+/// holds what the pod sent).
+fn tcp_sources(socket: &socket2::Socket, receiver: Ipv4Addr) -> BTreeMap<(Ipv4Addr, u16), usize> {
+    let mut sources = BTreeMap::new();
+    let mut frame = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    while let Ok(len) = socket.recv(&mut frame) {
+        // SAFETY: recv initialised the first `len` bytes.
+        let bytes: Vec<u8> = frame[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let Ok(packet) = etherparse::SlicedPacket::from_ethernet(&bytes) else { continue };
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(tcp))) =
+            (&packet.net, &packet.transport)
+        else {
+            continue;
+        };
+        if ip.header().destination_addr() != receiver {
+            continue;
+        }
+        *sources.entry((ip.header().source_addr(), tcp.source_port())).or_default() += 1;
+    }
+    sources
+}
+
+#[test]
+fn a_cluster_ip_spreads_connections_over_every_backend_and_answers_from_itself() {
+    let lab = Lab::up(&topology("services/clusterip.yaml"), "svc");
+    let plan = lab.plan();
+    let pod = |name: &str| plan.pods.iter().find(|p| p.name == name).unwrap();
+    let client = netns::open(&pod("client").netns).unwrap();
+    let capture = capture(&client);
+
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..300 {
+        *served.entry(get(&client, WEB).expect("the service answers")).or_default() += 1;
+    }
+    // web-3 serves its `http` on 9090, the others on 8080: the name resolved per backend.
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["default/web-1", "default/web-2", "default/web-3"]);
+    assert!(served.values().all(|&n| n >= 60), "each backend gets at least 20%: {served:?}");
+
+    // The client's own interface saw TCP only from the ClusterIP: every reply was translated.
+    let sources = tcp_sources(&capture, pod("client").ip);
+    assert_eq!(sources.keys().copied().collect::<Vec<_>>(), [(WEB, 80)], "{sources:?}");
+    assert!(sources[&(WEB, 80)] >= 300 * 3, "SYN-ACK, answer and FIN of every connection: {sources:?}");
+
+    // ClientIP affinity: one backend for every connection.
+    let sticky: Vec<String> = (0..50).map(|_| get(&client, STICKY).expect("the service answers")).collect();
+    assert!(sticky.iter().all(|b| *b == sticky[0]), "{sticky:?}");
+}
+
+#[test]
+fn no_backends_drops_with_158_and_policy_applies_to_the_backend() {
+    let lab = Lab::up(&topology("services/clusterip.yaml"), "svc");
+    let plan = lab.plan();
+    let pod = |name: &str| plan.pods.iter().find(|p| p.name == name).unwrap();
+    let (client, stranger) = (pod("client"), pod("stranger"));
+
+    assert!(get(&netns::open(&client.netns).unwrap(), EMPTY).is_err());
+    let no_service =
+        wait_for_flow(&lab.name, |f| f["drop_reason"] == 158 && f["IP"]["destination"] == EMPTY.to_string().as_str());
+    assert_eq!(no_service["IP"]["source"], client.ip.to_string().as_str());
+    assert_eq!(no_service["drop_reason_desc"], "SERVICE_BACKEND_NOT_FOUND");
+
+    // Only `client` may reach the backends: `stranger` cannot, even through the Service, and the
+    // drop is at a backend's ingress, for the backend's address: policy ran after DNAT.
+    assert!(get(&netns::open(&client.netns).unwrap(), WEB).is_ok());
+    assert!(get(&netns::open(&stranger.netns).unwrap(), WEB).is_err());
+    let backends: Vec<String> =
+        plan.pods.iter().filter(|p| p.name.starts_with("web-")).map(|p| p.ip.to_string()).collect();
+    let denied =
+        wait_for_flow(&lab.name, |f| f["drop_reason"] == 133 && f["IP"]["source"] == stranger.ip.to_string().as_str());
+    assert_eq!(denied["traffic_direction"], "INGRESS");
+    let destination = denied["IP"]["destination"].as_str().unwrap().to_string();
+    assert!(backends.contains(&destination), "{destination} is not a backend");
+}
+
+/// The first flow `matches` accepts, waiting up to 3 s for the agent to record it.
+fn wait_for_flow(lab: &str, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(flow) = flows(lab).into_iter().find(|f| matches(f)) {
+            return flow;
+        }
+        assert!(Instant::now() < deadline, "no such flow in {lab}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
