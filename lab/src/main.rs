@@ -94,7 +94,14 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Apply policies, or pods' and namespaces' new labels (v1 Pod/Namespace objects), to a running lab.
+    /// List a lab's services: each frontend (ClusterIP:port) with its backends and their state.
+    Services {
+        name: String,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Apply policies, services and endpoint slices, or pods' and namespaces' new labels (v1
+    /// Pod/Namespace objects), to a running lab.
     Apply { name: String, file: PathBuf },
     /// Delete the policies in a file from a running lab.
     Delete { name: String, file: PathBuf },
@@ -179,6 +186,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Metrics { name, output } => cmd::metrics::run(&name, output),
+        Command::Services { name, output } => cmd::services::run(&name, output),
         Command::Apply { name, file } => cmd::apply::run(&name, &file, false),
         Command::Delete { name, file } => cmd::apply::run(&name, &file, true),
         Command::Validate { files } => {

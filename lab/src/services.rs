@@ -253,25 +253,46 @@ impl Services {
         if errors.is_empty() { Ok(Services { services, warnings }) } else { Err(errors) }
     }
 
-    /// Every frontend with its reverse NAT index (1-based, in service and port order).
+    /// Every frontend with its reverse NAT index (see [`stable_ids`]).
     pub fn frontends(&self) -> impl Iterator<Item = (u16, &Service, &Frontend)> {
-        self.services
-            .iter()
-            .flat_map(|s| s.frontends.iter().map(move |f| (s, f)))
-            .enumerate()
-            .map(|(i, (s, f))| (i as u16 + 1, s, f))
+        let all = self.services.iter().flat_map(|s| s.frontends.iter().map(move |f| (s, f)));
+        let ids =
+            stable_ids(all.clone().map(|(_, f)| (f.address, f.port, f.protocol)), u64::from(u16::MAX), "frontend");
+        all.map(move |(s, f)| (ids[&(f.address, f.port, f.protocol)] as u16, s, f))
     }
 
-    /// Every distinct backend (address, port, protocol) with its id (1-based, in that order).
+    /// Every distinct backend (address, port, protocol) with its id (see [`stable_ids`]).
     pub fn backend_ids(&self) -> BTreeMap<(Ipv4Addr, u16, Protocol), u32> {
-        let all: BTreeSet<(Ipv4Addr, u16, Protocol)> = self
+        let all = self
             .services
             .iter()
             .flat_map(|s| &s.frontends)
-            .flat_map(|f| f.backends.iter().map(move |b| (b.address, b.port, f.protocol)))
-            .collect();
-        all.into_iter().enumerate().map(|(i, key)| (key, i as u32 + 1)).collect()
+            .flat_map(|f| f.backends.iter().map(move |b| (b.address, b.port, f.protocol)));
+        stable_ids(all, u64::from(i32::MAX as u32), "backend").into_iter().map(|(k, id)| (k, id as u32)).collect()
     }
+}
+
+/// Numbers for frontends and backends that stay what they were while others come and go:
+/// open connections keep theirs in conntrack (a backend id, a reverse NAT index), so renumbering
+/// would hand them to another backend or translate their replies to another frontend. Each is
+/// derived from the address, port and protocol (1..=`space`); on a collision the later key in
+/// sorted order takes the next free number.
+fn stable_ids(
+    keys: impl Iterator<Item = (Ipv4Addr, u16, Protocol)>,
+    space: u64,
+    what: &str,
+) -> BTreeMap<(Ipv4Addr, u16, Protocol), u64> {
+    let keys: BTreeSet<(Ipv4Addr, u16, Protocol)> = keys.collect();
+    let mut taken = BTreeSet::new();
+    let mut ids = BTreeMap::new();
+    for key in keys {
+        let (address, port, protocol) = key;
+        let start = stable_hash(&format!("{what}/{address}:{port}/{protocol:?}")) % space;
+        let id = (0..space).map(|k| 1 + (start + k) % space).find(|id| !taken.contains(id)).expect("room");
+        taken.insert(id);
+        ids.insert(key, id);
+    }
+    ids
 }
 
 /// Reads a Kubernetes object into its k8s-openapi type; an error names the field.

@@ -131,3 +131,86 @@ fn wait_for_flow(lab: &str, matches: impl Fn(&serde_json::Value) -> bool) -> ser
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// web's EndpointSlice with the given endpoints (`address: conditions` flow mappings).
+fn slice(endpoints: &[(&str, &str)]) -> String {
+    let mut yaml = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+"
+    .to_string();
+    for (address, conditions) in endpoints {
+        yaml.push_str(&format!("  - {{addresses: [{address}], conditions: {conditions}}}\n"));
+    }
+    yaml
+}
+
+/// An open TCP connection through the Service, echoed by its backend.
+struct Open(TcpStream);
+
+impl Open {
+    fn connect(pod: &std::fs::File) -> Open {
+        let target = SocketAddrV4::new(CHURN, 80).into();
+        let stream = netns::run_in(pod, || TcpStream::connect_timeout(&target, Duration::from_secs(1))).unwrap();
+        let stream = stream.expect("the service answers");
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        Open(stream)
+    }
+
+    /// Sends a line and reads it back.
+    fn exchange(&mut self, line: &str) -> std::io::Result<()> {
+        self.0.write_all(line.as_bytes())?;
+        let mut echoed = vec![0u8; line.len()];
+        self.0.read_exact(&mut echoed)?;
+        assert_eq!(echoed, line.as_bytes());
+        Ok(())
+    }
+}
+
+const CHURN: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 20);
+
+#[test]
+fn a_terminating_backend_drains_and_a_deleted_one_resets_its_connections() {
+    let lab = Lab::up(&topology("services/backend-churn.yaml"), "churn");
+    let plan = lab.plan();
+    let client = netns::open(&plan.pods.iter().find(|p| p.name == "client").unwrap().netns).unwrap();
+    let apply = |yaml: String| {
+        let out = common::lab_change(&lab.name, "apply", &yaml);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+
+    // Only web-1 serves: the open connection is web-1's.
+    let mut draining = Open::connect(&client);
+    draining.exchange("before\n").unwrap();
+
+    apply(slice(&[
+        ("10.0.0.101", "{ready: false, serving: true, terminating: true}"),
+        ("10.0.1.102", "{ready: true}"),
+    ]));
+    let listed = lab::cmd::services::rows(&lab::live::services(&plan, &lab_sources(&lab.name)).unwrap());
+    let states: Vec<(&str, &str)> = listed[0].backends.iter().map(|b| (b.address.as_str(), b.state)).collect();
+    assert_eq!(states, [("10.0.1.102:8080", "active"), ("10.0.0.101:8080", "terminating")]);
+    draining.exchange("while terminating\n").expect("a terminating backend keeps its connections");
+    let new: Vec<String> = (0..20).map(|_| get(&client, CHURN).expect("web-2 answers")).collect();
+    assert!(new.iter().all(|b| b == "default/web-2"), "new connections avoid the terminating backend: {new:?}");
+
+    // web-1 deleted: the connection's next packet goes to web-2, which resets it.
+    let mut orphan = Open::connect(&client);
+    orphan.exchange("to web-2\n").unwrap();
+    apply(slice(&[("10.0.1.102", "{ready: true}")]));
+    draining.exchange("after\n").expect_err("the deleted backend's connection is reset");
+    orphan.exchange("web-2 stays\n").expect("web-2's connection is unaffected");
+    let reset =
+        wait_for_flow(&lab.name, |f| f["IP"]["source"] == "10.0.1.102" && f["l4"]["TCP"]["flags"]["RST"] == true);
+    assert_eq!(
+        reset["IP"]["destination"],
+        plan.pods.iter().find(|p| p.name == "client").unwrap().ip.to_string().as_str()
+    );
+}
+
+fn lab_sources(name: &str) -> Vec<lab::topology::resources::Resource> {
+    lab::state::LabDir::of(name).read_sources().unwrap().1
+}

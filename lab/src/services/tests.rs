@@ -54,7 +54,8 @@ fn a_selector_gives_the_selected_pods_and_named_target_ports_resolve_per_pod() {
     let plain = &web.frontends[1];
     assert_eq!((plain.protocol, plain.backends.len()), (Protocol::Udp, 3));
     assert!(plain.backends.iter().all(|b| b.port == 80));
-    assert_eq!(services.frontends().map(|(i, _, f)| (i, f.port)).collect::<Vec<_>>(), [(1, 80), (2, 81)]);
+    let ids: Vec<u16> = services.frontends().map(|(id, _, _)| id).collect();
+    assert!(ids.len() == 2 && ids[0] != ids[1] && !ids.contains(&0), "{ids:?}");
     // The same address in every run.
     let again = Services::resolve(&plan, &resources).unwrap();
     assert_eq!(again.services[0].cluster_ip, web.cluster_ip);
@@ -121,4 +122,23 @@ fn bad_fields_are_named_and_unsupported_ones_warned_about() {
     assert_eq!(services.warnings[0].field, "spec.type");
     let (plan, resources) = plan_and_resources(&WEB.replace("spec:\n", "spec:\n  sessionAffinity: ClientIP\n"));
     assert_eq!(Services::resolve(&plan, &resources).unwrap().services[0].affinity_seconds, Some(10_800));
+}
+
+#[test]
+fn frontends_and_backends_keep_their_numbers_when_others_come_and_go() {
+    let (plan, resources) = plan_and_resources(WEB);
+    let before = Services::resolve(&plan, &resources).unwrap();
+    let other =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: aaa}\nspec:\n  selector: {app: client}\n  ports: [{port: 80}]";
+    let (plan, resources) = plan_and_resources(&format!("{other}\n---\n{WEB}"));
+    let after = Services::resolve(&plan, &resources).unwrap();
+    assert_eq!(after.services.len(), 2);
+    let frontends = |s: &Services| -> BTreeMap<(Ipv4Addr, u16), u16> {
+        s.frontends().map(|(id, _, f)| ((f.address, f.port), id)).collect()
+    };
+    let (old, new) = (frontends(&before), frontends(&after));
+    assert!(old.iter().all(|(k, id)| new[k] == *id), "{old:?} {new:?}");
+    let (old, new) = (before.backend_ids(), after.backend_ids());
+    assert!(old.iter().all(|(k, id)| new[k] == *id), "{old:?} {new:?}");
+    assert_eq!(new.len(), old.len() + 1, "the client is a backend of aaa");
 }

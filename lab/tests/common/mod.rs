@@ -242,3 +242,11 @@ pub fn flows(lab: &str) -> Vec<serde_json::Value> {
     let records = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
     records.map(|v| v["flow"].clone()).collect()
 }
+
+/// `lab apply` (or `lab delete`, as `verb`) of `yaml` to the running lab `name`.
+pub fn lab_change(name: &str, verb: &str, yaml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("change.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    lab(&[verb, name, file.to_str().unwrap()])
+}
