@@ -13,8 +13,8 @@
 #include "parse.h"
 #include "conntrack.h"
 
-#define LB_SERVICES_SIZE 65536
-#define LB_BACKENDS_SIZE 65536
+#define LB_SERVICES_SIZE 262144
+#define LB_BACKENDS_SIZE 262144
 #define LB_AFFINITY_SIZE 65536
 
 struct {
