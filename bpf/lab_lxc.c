@@ -76,10 +76,12 @@ int from_container(struct __sk_buff *skb)
 	if (service) {
 		ret = lb4_local(skb, &p, service, ENDPOINT_ID, bpf_ktime_get_ns());
 		if (ret < 0) {
+			meta.rev_nat_index = service->rev_nat_index;
 			meta.dst_identity = ID_WORLD;
 			return drop(skb, &meta, ret);
 		}
 		rev_nat_index = ret;
+		meta.rev_nat_index = rev_nat_index;
 	}
 
 	meta.dst_identity = identity_of(p.daddr);
@@ -133,6 +135,8 @@ int to_container(struct __sk_buff *skb)
 		return ret;
 	/* A service's reply: from the frontend the pod connected to, not the backend. */
 	if (rev_nat_index) {
+		meta.rev_nat_index = rev_nat_index;
+		meta.orig_ip = p.saddr;
 		ret = lb4_rev_nat(skb, &p, rev_nat_index);
 		if (ret < 0)
 			return drop(skb, &meta, ret);

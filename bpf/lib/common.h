@@ -236,5 +236,8 @@ struct event {
 	__u8 is_reply;
 	__u16 sample_len;
 	__u32 packet_len;
+	__u16 rev_nat_index; /* the service frontend of translated traffic; 0: none */
+	__u16 pad;
+	__u32 orig_ip; /* a reverse-NATed reply's source before translation (the backend) */
 	__u8 sample[EVENT_SAMPLE];
 };

@@ -89,6 +89,18 @@ fn a_cluster_ip_spreads_connections_over_every_backend_and_answers_from_itself()
     assert_eq!(sources.keys().copied().collect::<Vec<_>>(), [(WEB, 80)], "{sources:?}");
     assert!(sources[&(WEB, 80)] >= 300 * 3, "SYN-ACK, answer and FIN of every connection: {sources:?}");
 
+    // The flows name the service: the way there at the backend's address, the way back from
+    // the ClusterIP with the backend it really came from.
+    let backends: Vec<String> =
+        plan.pods.iter().filter(|p| p.name.starts_with("web-")).map(|p| p.ip.to_string()).collect();
+    let web = serde_json::json!({"name": "web", "namespace": "default"});
+    let there = wait_for_flow(&lab.name, |f| f["destination_service"] == web);
+    assert!(backends.contains(&there["IP"]["destination"].as_str().unwrap().to_string()), "{there}");
+    let back = wait_for_flow(&lab.name, |f| f["source_service"] == web);
+    assert_eq!(back["IP"]["source"], WEB.to_string().as_str(), "{back}");
+    assert!(backends.contains(&back["IP"]["source_xlated"].as_str().unwrap().to_string()), "{back}");
+    assert_eq!(back["destination"]["pod_name"], "client");
+
     // ClientIP affinity: one backend for every connection.
     let sticky: Vec<String> = (0..50).map(|_| get(&client, STICKY).expect("the service answers")).collect();
     assert!(sticky.iter().all(|b| *b == sticky[0]), "{sticky:?}");
@@ -106,6 +118,7 @@ fn no_backends_drops_with_158_and_policy_applies_to_the_backend() {
         wait_for_flow(&lab.name, |f| f["drop_reason"] == 158 && f["IP"]["destination"] == EMPTY.to_string().as_str());
     assert_eq!(no_service["IP"]["source"], client.ip.to_string().as_str());
     assert_eq!(no_service["drop_reason_desc"], "SERVICE_BACKEND_NOT_FOUND");
+    assert_eq!(no_service["destination_service"], serde_json::json!({"name": "empty", "namespace": "default"}));
 
     // Only `client` may reach the backends: `stranger` cannot, even through the Service, and the
     // drop is at a backend's ingress, for the backend's address: policy ran after DNAT.

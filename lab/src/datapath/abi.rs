@@ -271,6 +271,11 @@ pub struct Event {
     pub is_reply: u8,
     pub sample_len: u16,
     pub packet_len: u32,
+    /// The service frontend of translated traffic; 0: none.
+    pub rev_nat_index: u16,
+    pub pad: u16,
+    /// A reverse-NATed reply's source before translation (the backend), network order.
+    pub orig_ip: u32,
     pub sample: [u8; EVENT_SAMPLE],
 }
 
@@ -420,6 +425,9 @@ mod layout {
                 is_reply,
                 sample_len,
                 packet_len,
+                rev_nat_index,
+                pad,
+                orig_ip,
                 sample
             ]
         );
