@@ -10,9 +10,49 @@
 #include "lib/parse.h"
 #include "lib/ipcache.h"
 #include "lib/host_firewall.h"
+#include "lib/nat.h"
 #include "lib/events.h"
 
 volatile const __u16 NODE_ID;
+volatile const __u32 NODE_IP; /* network order: the uplink's address, which masquerade uses */
+/* Masquerade, and the native routing CIDR it leaves alone (network order). */
+volatile const __u8 MASQUERADE;
+volatile const __u32 NATIVE_ROUTING_NET;
+volatile const __u32 NATIVE_ROUTING_MASK;
+
+/* Whether `p`, sent by `pod`, answers a connection the pod accepted: its ingress conntrack
+ * entry exists. */
+static __always_inline bool answers_accepted(const struct packet *p, const struct endpoint_info *pod)
+{
+	struct ct_key key = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.protocol = p->protocol,
+		.direction = DIR_INGRESS,
+		.endpoint_id = pod->endpoint_id,
+	};
+
+	return bpf_map_lookup_elem(ct_map(p->protocol), &key) != 0;
+}
+
+/* Whether a pod's packet leaves with the node's address: not inside the native routing CIDR,
+ * not to a node of the cluster, and not the answer of a connection made to the pod, whose peer
+ * expects the pod's address (Cilium's snat_v4_needs_masquerade). */
+static __always_inline bool needs_masquerade(const struct packet *p)
+{
+	struct endpoint_info *pod;
+	__u32 destination;
+
+	if (!MASQUERADE || (p->daddr & NATIVE_ROUTING_MASK) == NATIVE_ROUTING_NET || !snat_supported(p))
+		return false;
+	pod = endpoint_lookup(p->saddr);
+	if (!pod || (pod->flags & ENDPOINT_F_HOST))
+		return false;
+	destination = identity_of(p->daddr);
+	return destination != ID_REMOTE_NODE && destination != ID_HOST && !answers_accepted(p, pod);
+}
 
 /* The overlay's own packets, VXLAN between nodes: they carry pods' traffic, which the pods'
  * policies judge, so the host policy leaves them be. */
@@ -31,6 +71,16 @@ int from_netdev(struct __sk_buff *skb)
 	if (ethertype(skb) != ETH_P_IP || parse_ipv4(skb, &p) < 0)
 		return TC_ACT_OK;
 	identity = identity_of(p.saddr);
+	/* A reply to a masqueraded pod: the pod's from here on, not the node's. */
+	if (p.daddr == NODE_IP) {
+		ret = snat_ingress(skb, &p);
+		if (ret < 0)
+			return TC_ACT_SHOT;
+		if (ret > 0) {
+			set_identity_mark(skb, identity);
+			return TC_ACT_OK;
+		}
+	}
 	if (!is_tunnel_packet(&p)) {
 		ret = host_firewall(skb, &p, NODE_ID, false, identity);
 		if (ret != TC_ACT_UNSPEC)
@@ -48,7 +98,15 @@ int to_netdev(struct __sk_buff *skb)
 
 	if (ethertype(skb) != ETH_P_IP || parse_ipv4(skb, &p) < 0 || is_tunnel_packet(&p))
 		return TC_ACT_OK;
-	/* Pods' packets routed out keep their own source address: only the node's are judged. */
+	if (needs_masquerade(&p)) {
+		struct event_meta meta = { .node_id = NODE_ID, .direction = DIR_EGRESS };
+
+		meta.src_identity = identity_of(p.saddr);
+		meta.dst_identity = identity_of(p.daddr);
+		ret = snat_egress(skb, &p, NODE_IP);
+		return ret < 0 ? drop(skb, &meta, ret) : TC_ACT_OK;
+	}
+	/* What is left with the node's address is the node's own: its host policy judges it. */
 	ret = host_firewall(skb, &p, NODE_ID, true, identity_of(p.daddr));
 	return ret == TC_ACT_UNSPEC ? TC_ACT_OK : ret;
 }

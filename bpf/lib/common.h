@@ -32,6 +32,7 @@
 #define DROP_CT_CREATE_FAILED 155
 #define DROP_FRAG_NOSUPPORT 157
 #define DROP_NO_SERVICE 158
+#define DROP_NAT_NO_MAPPING 167
 #define DROP_NO_TUNNEL_ENDPOINT 160
 #define DROP_POLICY_DENY 181
 
@@ -158,6 +159,13 @@ struct ct_entry {
 	__u32 backend_id; /* CT_SERVICE entries: the backend the connection was given */
 	__u16 rev_nat_index; /* the service frontend its replies are translated back to; 0: none */
 	__u16 pad2;
+};
+
+/* Masquerade: where one direction of a translated connection is translated to. */
+struct nat_entry {
+	__u32 address; /* network order */
+	__u16 port; /* network order; the ICMP echo identifier */
+	__u16 pad;
 };
 
 /* Services (Cilium's lb4 maps). A frontend (address, port, protocol) has a master entry at slot 0

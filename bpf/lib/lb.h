@@ -6,12 +6,10 @@
  * the client only ever sees the service's address. */
 #pragma once
 
-#include <linux/ip.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
 #include "common.h"
 #include "parse.h"
 #include "conntrack.h"
+#include "nat.h"
 
 #define LB_SERVICES_SIZE 262144
 #define LB_BACKENDS_SIZE 262144
@@ -51,10 +49,6 @@ struct {
 	__uint(max_entries, LB_AFFINITY_SIZE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lab_lb4_affinity SEC(".maps");
-
-#define IP_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
-#define IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
-#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 
 /* The frontend `p` is sent to, if it is one. */
 static __always_inline struct lb4_service *lb4_lookup_service(const struct packet *p)
@@ -113,34 +107,6 @@ static __always_inline __u32 lb4_select(const struct packet *p, const struct lb4
 	return id;
 }
 
-/* Rewrites the destination (`snat` false) or the source of `p` to `address`:`port`, with the
- * checksums, and updates `p`. */
-static __always_inline int lb4_rewrite(struct __sk_buff *skb, struct packet *p, bool snat, __u32 address, __u16 port)
-{
-	__u32 old_address = snat ? p->saddr : p->daddr;
-	__u16 old_port = snat ? p->sport : p->dport;
-	__u32 port_off = p->l4 + (snat ? 0 : 2);
-	__u32 csum_off = p->protocol == IPPROTO_TCP ? p->l4 + offsetof(struct tcphdr, check)
-						    : p->l4 + offsetof(struct udphdr, check);
-	__u64 csum_flags = p->protocol == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-
-	if (bpf_skb_store_bytes(skb, snat ? IP_SADDR_OFF : IP_DADDR_OFF, &address, 4, 0) < 0 ||
-	    bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_address, address, 4) < 0 ||
-	    bpf_l4_csum_replace(skb, csum_off, old_address, address, csum_flags | BPF_F_PSEUDO_HDR | 4) < 0 ||
-	    bpf_skb_store_bytes(skb, port_off, &port, 2, 0) < 0 ||
-	    bpf_l4_csum_replace(skb, csum_off, old_port, port, csum_flags | 2) < 0)
-		return -DROP_INVALID;
-	if (snat) {
-		p->saddr = address;
-		p->sport = port;
-	} else {
-		p->daddr = address;
-		p->dport = port;
-		p->policy_port = port;
-	}
-	return 0;
-}
-
 /* Load balances `p`, sent by endpoint `endpoint_id` to the frontend `svc`: keeps or picks its
  * backend and DNATs to it. Returns the frontend's reverse NAT index, or a negative drop reason
  * (DROP_NO_SERVICE when the frontend has no backend to give). */
@@ -175,7 +141,7 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct packet *p, co
 	} else if (entry) {
 		ct_update(entry, p, false, now);
 	}
-	return lb4_rewrite(skb, p, false, backend->address, backend->port) ?: svc->rev_nat_index;
+	return nat4_rewrite(skb, p, false, backend->address, backend->port) ?: svc->rev_nat_index;
 }
 
 /* Translates a reply of a load-balanced connection back to its frontend. */
@@ -185,5 +151,5 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct packet *p, 
 
 	if (!frontend)
 		return 0;
-	return lb4_rewrite(skb, p, true, frontend->address, frontend->port);
+	return nat4_rewrite(skb, p, true, frontend->address, frontend->port);
 }

@@ -41,6 +41,9 @@ pub struct Plan {
     pub lab: String,
     /// Where Services' ClusterIPs are allocated.
     pub service_cidr: Ipv4Net,
+    /// Whether pod traffic leaving for outside `native_routing_cidr` is masqueraded.
+    pub masquerade: bool,
+    pub native_routing_cidr: Ipv4Net,
     pub routing_mode: RoutingMode,
     pub attach: AttachMode,
     pub mtu: u32,
@@ -407,6 +410,8 @@ impl Plan {
         Plan {
             lab: lab.to_string(),
             service_cidr: cluster.service_cidr,
+            masquerade: cluster.masquerade,
+            native_routing_cidr: cluster.native_routing_cidr.unwrap_or(cluster.pod_cidr),
             routing_mode: cluster.routing_mode,
             attach: cluster.attach,
             mtu: cluster.mtu,

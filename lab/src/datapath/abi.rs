@@ -25,6 +25,7 @@ pub mod drop {
     pub const POLICY: u8 = 133;
     pub const INVALID_PACKET: u8 = 134;
     pub const NO_SERVICE: u8 = 158;
+    pub const NAT_NO_MAPPING: u8 = 167;
     pub const NO_TUNNEL_ENDPOINT: u8 = 160;
     pub const POLICY_DENY: u8 = 181;
 }
@@ -179,6 +180,17 @@ pub struct CtEntry {
 
 /// The conntrack scope of a connection to a service, before its DNAT (`ct_key.direction`).
 pub const CT_SERVICE: u8 = 4;
+
+/// Masquerade: where one direction of a translated connection is translated to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    /// Network order.
+    pub address: u32,
+    /// Network order; the ICMP echo identifier.
+    pub port: u16,
+    pub pad: u16,
+}
 
 /// A service frontend's slot: 0 is the master entry, 1.. its backends.
 #[repr(C)]
@@ -434,5 +446,6 @@ mod layout {
         // The node object shares the maps, so it must agree too.
         let host = btf_structs(crate::datapath::loader::HOST_OBJECT);
         check!(host, "ipcache_entry", IpcacheEntry, [identity, tunnel_endpoint]);
+        check!(host, "nat_entry", NatEntry, [address, port, pad]);
     }
 }

@@ -72,6 +72,16 @@ pub struct Cluster {
     #[serde(default = "Cluster::default_service_cidr", rename = "serviceCIDR")]
     #[schemars(with = "String")]
     pub service_cidr: Ipv4Net,
+    /// Masquerade (Cilium's BPF masquerade, on by default): pod traffic leaving a node for a
+    /// destination outside `nativeRoutingCIDR` and not a node leaves with the node's address.
+    #[serde(default = "Cluster::default_masquerade")]
+    pub masquerade: bool,
+    /// What is reached without masquerade (Cilium's `ipv4NativeRoutingCIDR`); by default the pod
+    /// CIDR pool. A CIDR that leaves out some pods' addresses reproduces the real consequence:
+    /// their traffic leaves as the node's.
+    #[serde(default, rename = "nativeRoutingCIDR")]
+    #[schemars(with = "Option<String>")]
+    pub native_routing_cidr: Option<Ipv4Net>,
     /// How pods on different nodes reach each other.
     #[serde(default)]
     pub routing_mode: RoutingMode,
@@ -113,6 +123,9 @@ impl Cluster {
     fn default_service_cidr() -> Ipv4Net {
         "172.30.0.0/16".parse().expect("valid default")
     }
+    fn default_masquerade() -> bool {
+        true
+    }
     fn default_mtu() -> u32 {
         1500
     }
@@ -128,6 +141,8 @@ impl Default for Cluster {
             pod_cidr_mask_size: Self::default_pod_cidr_mask_size(),
             node_cidr: Self::default_node_cidr(),
             service_cidr: Self::default_service_cidr(),
+            masquerade: Self::default_masquerade(),
+            native_routing_cidr: None,
             routing_mode: RoutingMode::default(),
             mtu: Self::default_mtu(),
             attach: AttachMode::default(),

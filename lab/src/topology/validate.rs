@@ -134,6 +134,14 @@ fn check_cluster(findings: &mut Findings, topology: &Topology) -> bool {
         );
         ok = false;
     }
+    if let Some(native) = cluster.native_routing_cidr
+        && native != native.trunc()
+    {
+        findings.error(
+            "cluster.nativeRoutingCIDR",
+            format!("`{native}` has host bits set; did you mean `{}`?", native.trunc()),
+        );
+    }
     let services = cluster.service_cidr;
     if services != services.trunc() {
         findings.error(
