@@ -11,7 +11,11 @@
 #include "lib/ipcache.h"
 #include "lib/host_firewall.h"
 #include "lib/nat.h"
+#include "lib/lb.h"
 #include "lib/events.h"
+
+/* linux/socket.h needs libc; this is its value. */
+#define AF_INET 2
 
 volatile const __u16 NODE_ID;
 volatile const __u32 NODE_IP; /* network order: the uplink's address, which masquerade uses */
@@ -61,9 +65,88 @@ static __always_inline bool is_tunnel_packet(const struct packet *p)
 	return p->protocol == IPPROTO_UDP && p->dport == bpf_htons(VXLAN_PORT);
 }
 
+/* Sends `p` on by the node's routes from here, as Cilium's fib_redirect: a packet translated to
+ * leave from the node's own address would be dropped by the stack as a martian (a local source
+ * arriving from outside), so it does not go through the stack's forwarding. */
+static __always_inline int fib_redirect(struct __sk_buff *skb, const struct packet *p)
+{
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = p->protocol,
+		.ifindex = skb->ifindex,
+		.ipv4_src = p->saddr,
+		.ipv4_dst = p->daddr,
+	};
+
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+/* A backend's answer to a NodePort connection, (backend → client), leaves from the frontend the
+ * client connected to: 1 if `p` was one and is rewritten. */
+static __always_inline int nodeport_rev_dnat(struct __sk_buff *skb, struct packet *p)
+{
+	struct nat_entry *frontend;
+	struct ct_key key;
+	int ret;
+
+	ct_key_of(p, CT_SERVICE, HOST_ENDPOINT_ID, &key);
+	frontend = bpf_map_lookup_elem(&lab_snat, &key);
+	if (!frontend)
+		return 0;
+	ret = nat4_rewrite(skb, p, true, frontend->address, frontend->port);
+	return ret < 0 ? ret : 1;
+}
+
+/* Serves a NodePort to whoever reached it, as Cilium's nodeport_lb4: a backend as for pods
+ * (lb4_local, kept per connection), DNAT to it, and for a backend on another node also SNAT to
+ * this node, so its answer comes back here to be translated (externalTrafficPolicy Cluster;
+ * with Local the frontend has only this node's backends, and the client's address stays). */
+static __always_inline int nodeport_lb(struct __sk_buff *skb, struct packet *p, const struct lb4_service *svc,
+				       __u32 identity)
+{
+	struct event_meta meta = {
+		.node_id = NODE_ID,
+		.direction = DIR_INGRESS,
+		.src_identity = identity,
+		.dst_identity = ID_WORLD,
+		.rev_nat_index = svc->rev_nat_index,
+	};
+	struct nat_entry frontend = { .address = p->daddr, .port = p->dport };
+	__u32 client = p->saddr;
+	__u16 client_port = p->sport;
+	struct ct_key back;
+	int ret;
+
+	ret = lb4_local(skb, p, svc, HOST_ENDPOINT_ID, bpf_ktime_get_ns());
+	if (ret < 0)
+		return drop(skb, &meta, ret);
+	back.saddr = p->daddr;
+	back.daddr = client;
+	back.sport = p->dport;
+	back.dport = client_port;
+	back.protocol = p->protocol;
+	back.direction = CT_SERVICE;
+	back.endpoint_id = HOST_ENDPOINT_ID;
+	if (bpf_map_update_elem(&lab_snat, &back, &frontend, BPF_ANY) < 0)
+		return drop(skb, &meta, -DROP_NAT_NO_MAPPING);
+	set_identity_mark(skb, identity);
+	if (is_local_pod(p->daddr))
+		return TC_ACT_OK;
+	ret = snat_egress(skb, p, NODE_IP);
+	if (ret < 0)
+		return drop(skb, &meta, ret);
+	return fib_redirect(skb, p);
+}
+
 SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
 {
+	struct lb4_service *service;
 	struct packet p;
 	__u32 identity;
 	int ret;
@@ -71,15 +154,22 @@ int from_netdev(struct __sk_buff *skb)
 	if (ethertype(skb) != ETH_P_IP || parse_ipv4(skb, &p) < 0)
 		return TC_ACT_OK;
 	identity = identity_of(p.saddr);
-	/* A reply to a masqueraded pod: the pod's from here on, not the node's. */
 	if (p.daddr == NODE_IP) {
+		/* A reply to a masqueraded pod, or a remote backend's answer to a NodePort client:
+		 * theirs from here on, not the node's. */
 		ret = snat_ingress(skb, &p);
-		if (ret < 0)
-			return TC_ACT_SHOT;
 		if (ret > 0) {
 			set_identity_mark(skb, identity);
-			return TC_ACT_OK;
+			ret = nodeport_rev_dnat(skb, &p);
+			if (ret < 0)
+				return TC_ACT_SHOT;
+			return ret > 0 ? fib_redirect(skb, &p) : TC_ACT_OK;
 		}
+		if (ret < 0)
+			return TC_ACT_SHOT;
+		service = lb4_lookup_service(&p);
+		if (service && (service->flags & LB4_F_NODEPORT))
+			return nodeport_lb(skb, &p, service, identity);
 	}
 	if (!is_tunnel_packet(&p)) {
 		ret = host_firewall(skb, &p, NODE_ID, false, identity);
@@ -98,6 +188,10 @@ int to_netdev(struct __sk_buff *skb)
 
 	if (ethertype(skb) != ETH_P_IP || parse_ipv4(skb, &p) < 0 || is_tunnel_packet(&p))
 		return TC_ACT_OK;
+	/* A local backend's answer to a NodePort client. */
+	ret = nodeport_rev_dnat(skb, &p);
+	if (ret != 0)
+		return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	if (needs_masquerade(&p)) {
 		struct event_meta meta = { .node_id = NODE_ID, .direction = DIR_EGRESS };
 

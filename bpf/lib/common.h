@@ -180,6 +180,7 @@ struct lb4_key {
 };
 
 #define LB4_F_AFFINITY 1 /* sessionAffinity: ClientIP */
+#define LB4_F_NODEPORT 2 /* a NodePort: served at the node's uplink to whoever reaches it */
 
 struct lb4_service {
 	__u32 backend_id; /* slots 1..: the backend; slot 0: the affinity timeout in seconds */

@@ -15,8 +15,12 @@
 //! - `sessionAffinity: ClientIP` keeps a client on its backend for
 //!   `sessionAffinityConfig.clientIP.timeoutSeconds` (10,800 s by default).
 //!
-//! Not yet: NodePort, LoadBalancer and externalIPs frontends (their ClusterIP works), and
-//! traffic policies; they are reported as warnings.
+//! - NodePort and LoadBalancer Services are also served on every node's address at their
+//!   `nodePort` (given, or derived from the namespace, name and port within 30000-32767), with
+//!   `externalTrafficPolicy` Cluster or Local.
+//!
+//! Not yet: LoadBalancer addresses and externalIPs (their NodePorts and ClusterIP work), and
+//! `internalTrafficPolicy: Local`; they are reported as warnings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -52,6 +56,9 @@ pub struct Service {
     pub cluster_ip: Ipv4Addr,
     /// `sessionAffinity: ClientIP`, with its timeout in seconds.
     pub affinity_seconds: Option<u32>,
+    /// `externalTrafficPolicy: Local`: a node serves its NodePorts with its own backends only,
+    /// and the client's address reaches them.
+    pub external_local: bool,
     /// One frontend per port, in the Service's order.
     pub frontends: Vec<Frontend>,
 }
@@ -69,6 +76,8 @@ pub struct Frontend {
     pub address: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+    /// The port every node serves this frontend on too (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
     /// Active backends first, in address order, then terminating ones.
     pub backends: Vec<Backend>,
 }
@@ -114,6 +123,14 @@ impl Services {
         parsed.sort_by(|(a, _), (b, _)| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
         let mut addresses = Addresses::new(service_cidr);
+        // Given nodePorts are taken before any is allocated, as ClusterIPs are; each may be
+        // claimed once.
+        let mut node_ports: BTreeSet<u16> = parsed
+            .iter()
+            .flat_map(|(_, s)| s.spec.iter().flat_map(|spec| spec.ports.iter().flatten()))
+            .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
+            .collect();
+        let mut claimed: BTreeSet<u16> = BTreeSet::new();
         // Given addresses are taken before any is allocated, whatever the order.
         for (resource, service) in &parsed {
             let spec = service.spec.as_ref();
@@ -151,18 +168,30 @@ impl Services {
             };
             for (field, present) in [
                 ("spec.externalIPs", spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty())),
-                ("spec.type", matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))),
-                ("spec.externalTrafficPolicy", spec.external_traffic_policy.is_some()),
+                ("spec.type", spec.type_.as_deref() == Some("LoadBalancer")),
                 ("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref().is_some_and(|p| p != "Cluster")),
             ] {
                 if present {
                     warnings.push(diagnostic(
                         resource,
                         field,
-                        "accepted, not enforced yet: the lab serves the ClusterIP only".to_string(),
+                        "accepted, not served yet: the lab serves the ClusterIP and the NodePorts".to_string(),
                     ));
                 }
             }
+            let external_local = match spec.external_traffic_policy.as_deref() {
+                None | Some("Cluster") => false,
+                Some("Local") => true,
+                Some(other) => {
+                    errors.push(diagnostic(
+                        resource,
+                        "spec.externalTrafficPolicy",
+                        format!("`{other}` is not a traffic policy; use `Cluster` or `Local`"),
+                    ));
+                    continue;
+                }
+            };
+            let with_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
             if let Some(t) = spec.type_.as_deref()
                 && !["ClusterIP", "NodePort", "LoadBalancer"].contains(&t)
             {
@@ -217,6 +246,31 @@ impl Services {
                     errors.push(diagnostic(resource, &format!("{field}.port"), format!("{} is not a port", port.port)));
                     continue;
                 };
+                let node_port = match (with_node_ports, port.node_port) {
+                    (false, _) => None,
+                    (true, Some(given)) => match u16::try_from(given).ok().filter(|p| NODE_PORTS.contains(p)) {
+                        Some(given) if claimed.insert(given) => Some(given),
+                        Some(_) => {
+                            errors.push(diagnostic(
+                                resource,
+                                &format!("{field}.nodePort"),
+                                format!("{given} is the nodePort of another Service port"),
+                            ));
+                            continue;
+                        }
+                        None => {
+                            errors.push(diagnostic(
+                                resource,
+                                &format!("{field}.nodePort"),
+                                format!("{given} is outside the NodePort range 30000-32767"),
+                            ));
+                            continue;
+                        }
+                    },
+                    (true, None) => {
+                        Some(allocate_node_port(&mut node_ports, &format!("{namespace}/{}/{i}", resource.name)))
+                    }
+                };
                 let target = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
                 let mut backends: BTreeSet<Backend> = if own_slices.is_empty() {
                     match &spec.selector {
@@ -245,10 +299,18 @@ impl Services {
                     address: cluster_ip,
                     port: number,
                     protocol,
+                    node_port,
                     backends,
                 });
             }
-            services.push(Service { namespace, name: resource.name.clone(), cluster_ip, affinity_seconds, frontends });
+            services.push(Service {
+                namespace,
+                name: resource.name.clone(),
+                cluster_ip,
+                affinity_seconds,
+                external_local,
+                frontends,
+            });
         }
         if errors.is_empty() { Ok(Services { services, warnings }) } else { Err(errors) }
     }
@@ -373,6 +435,21 @@ fn slice_backends(slice: &EndpointSlice, name: Option<&str>, protocol: Protocol)
         }
     }
     backends
+}
+
+/// Kubernetes' default NodePort range (`--service-node-port-range`).
+pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// The first free NodePort after one derived from `key`.
+fn allocate_node_port(taken: &mut BTreeSet<u16>, key: &str) -> u16 {
+    let size = u64::from(NODE_PORTS.end() - NODE_PORTS.start() + 1);
+    let start = stable_hash(&format!("nodeport/{key}")) % size;
+    let port = (0..size)
+        .map(|k| NODE_PORTS.start() + ((start + k) % size) as u16)
+        .find(|p| !taken.contains(p))
+        .expect("fewer Service ports than NodePorts");
+    taken.insert(port);
+    port
 }
 
 /// ClusterIPs in use and the allocator of new ones.

@@ -190,3 +190,53 @@ fn a_terminating_backend_drains_and_a_deleted_one_resets_its_connections() {
 fn lab_sources(name: &str) -> Vec<lab::topology::resources::Resource> {
     lab::state::LabDir::of(name).read_sources().unwrap().1
 }
+
+/// What the backend `web` saw as the source of an HTTP GET from the external `user` to
+/// `node`:`port`: `None` if the GET failed.
+fn nodeport_source(plan: &lab::plan::Plan, node: &str, port: u16) -> Option<Ipv4Addr> {
+    let web = plan.pods.iter().find(|p| p.name == "web").unwrap();
+    let user = netns::open(&plan.externals.iter().find(|e| e.name == "user").unwrap().netns).unwrap();
+    let node_ip = plan.nodes.iter().find(|n| n.name == node).unwrap().ip.addr();
+    let socket = capture(&netns::open(&web.netns).unwrap());
+    let target = SocketAddrV4::new(node_ip, port).into();
+    let stream = netns::run_in(&user, || TcpStream::connect_timeout(&target, Duration::from_secs(1))).unwrap();
+    let mut stream = stream.ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("default/web\n"), "{answer}");
+    let sources: Vec<Ipv4Addr> = tcp_sources(&socket, web.ip).keys().map(|(address, _)| *address).collect();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    Some(sources[0])
+}
+
+#[test]
+fn node_ports_serve_the_outside_with_either_traffic_policy() {
+    node_ports_are_served(&topology("services/nodeport.yaml"));
+}
+
+/// The same through the tunnel: node-a sends the translated request to node-b over VXLAN.
+#[test]
+fn node_ports_serve_the_outside_through_the_tunnel() {
+    let (_dir, file) = common::with_tunnel("services/nodeport.yaml");
+    node_ports_are_served(&file);
+}
+
+fn node_ports_are_served(file: &std::path::Path) {
+    let lab = Lab::up(file, "nodeport");
+    let plan = lab.plan();
+    let node = |name: &str| plan.nodes.iter().find(|n| n.name == name).unwrap().ip.addr();
+    let user = plan.externals.iter().find(|e| e.name == "user").unwrap().address.addr();
+
+    // Cluster: through node-a, whose backend is on node-b, the backend sees node-a; through
+    // node-b, which runs it, the user.
+    assert_eq!(nodeport_source(&plan, "node-a", 30080), Some(node("node-a")));
+    assert_eq!(nodeport_source(&plan, "node-b", 30080), Some(user));
+    // Local: only node-b serves it, and the user's address arrives.
+    assert_eq!(nodeport_source(&plan, "node-b", 30081), Some(user));
+    assert_eq!(nodeport_source(&plan, "node-a", 30081), None);
+    let dropped = wait_for_flow(&lab.name, |f| f["drop_reason"] == 158 && f["l4"]["TCP"]["destination_port"] == 30081);
+    assert_eq!(dropped["destination_service"], serde_json::json!({"name": "web-local", "namespace": "default"}));
+    assert_eq!(dropped["node_name"], "node-a");
+}

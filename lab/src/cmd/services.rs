@@ -32,7 +32,14 @@ pub fn rows(services: &Services) -> Vec<Row> {
         .map(|(id, service, frontend)| Row {
             id,
             service: service.id(),
-            frontend: format!("{}:{}/{:?}", frontend.address, frontend.port, frontend.protocol).to_uppercase(),
+            frontend: match frontend.node_port {
+                None => format!("{}:{}/{:?}", frontend.address, frontend.port, frontend.protocol).to_uppercase(),
+                Some(node_port) => {
+                    format!("{}:{}/{:?} (NodePort {node_port})", frontend.address, frontend.port, frontend.protocol)
+                        .replace("Tcp", "TCP")
+                        .replace("Udp", "UDP")
+                }
+            },
             affinity: service.affinity_seconds,
             backends: frontend
                 .backends
@@ -102,11 +109,13 @@ mod tests {
                 name: "web".into(),
                 cluster_ip: "172.30.0.10".parse().unwrap(),
                 affinity_seconds: None,
+                external_local: false,
                 frontends: vec![Frontend {
                     name: None,
                     address: "172.30.0.10".parse().unwrap(),
                     port: 80,
                     protocol: Protocol::Tcp,
+                    node_port: Some(30080),
                     backends: vec![backend(5, BackendState::Active), backend(6, BackendState::Terminating)],
                 }],
             }],
@@ -117,7 +126,9 @@ mod tests {
         let line = text.lines().nth(1).unwrap();
         assert!(line.starts_with(&rows[0].id.to_string()), "{text}");
         assert!(
-            line.ends_with("default/web  172.30.0.10:80/TCP  10.0.0.5:8080 (active), 10.0.0.6:8080 (terminating)"),
+            line.ends_with(
+                "default/web  172.30.0.10:80/TCP (NodePort 30080)  10.0.0.5:8080 (active), 10.0.0.6:8080 (terminating)"
+            ),
             "{text}"
         );
     }

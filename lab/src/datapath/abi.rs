@@ -206,6 +206,7 @@ pub struct Lb4Key {
 }
 
 pub const LB4_F_AFFINITY: u8 = 1;
+pub const LB4_F_NODEPORT: u8 = 2;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,5 +1,7 @@
-//! The service maps (bpf/lib/lb.h): what they hold for a lab's [`Services`] (pure), and writing
-//! it into every node's pinned maps. Every node holds every service, as every Cilium agent does.
+//! The service maps (bpf/lib/lb.h): what they hold for a lab's [`Services`] on each node (pure),
+//! and writing it into every node's pinned maps. Every node holds every service, as every Cilium
+//! agent does, and its own address's NodePorts; with `externalTrafficPolicy: Local` those list
+//! the node's own backends only.
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -8,12 +10,12 @@ use anyhow::{Context, Result};
 use aya::Pod;
 use aya::maps::{HashMap, Map};
 
-use super::abi::{LB4_F_AFFINITY, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
+use super::abi::{LB4_F_AFFINITY, LB4_F_NODEPORT, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
 use super::maps::{ipv4, open};
 use super::pins;
 use crate::plan::Plan;
 use crate::policy::ports::{IPPROTO_TCP, IPPROTO_UDP};
-use crate::services::{BackendState, Services};
+use crate::services::{Backend, BackendState, Services};
 use crate::topology::Protocol;
 
 pub const SERVICES_MAP: &str = "lab_lb4_services";
@@ -35,9 +37,13 @@ fn protocol_number(protocol: Protocol) -> u8 {
     }
 }
 
-/// Each frontend's master entry (slot 0) and one slot per backend, active ones first.
-pub fn lb_maps(services: &Services) -> LbMaps {
+/// What node `node`'s maps hold: each frontend's master entry (slot 0) and one slot per backend,
+/// active ones first; for NodePorts, at the node's address.
+pub fn lb_maps(services: &Services, plan: &Plan, node: usize) -> LbMaps {
     let ids = services.backend_ids();
+    let local: std::collections::BTreeSet<std::net::Ipv4Addr> =
+        plan.pods.iter().filter(|p| p.node == node).map(|p| p.ip).collect();
+    let node_ip = plan.nodes[node].ip.addr();
     let mut maps = LbMaps::default();
     for ((address, port, protocol), id) in &ids {
         let backend =
@@ -45,38 +51,50 @@ pub fn lb_maps(services: &Services) -> LbMaps {
         maps.backends.insert(*id, backend);
     }
     for (rev_nat_index, service, frontend) in services.frontends() {
-        let key = |slot: u16| Lb4Key {
-            address: ipv4(frontend.address),
-            dport: frontend.port.to_be(),
-            backend_slot: slot,
-            proto: protocol_number(frontend.protocol),
-            pad: [0; 3],
+        let affinity = if service.affinity_seconds.is_some() { LB4_F_AFFINITY } else { 0 };
+        let mut add = |address, port: u16, flags, backends: Vec<&Backend>| {
+            let key = |slot: u16| Lb4Key {
+                address: ipv4(address),
+                dport: port.to_be(),
+                backend_slot: slot,
+                proto: protocol_number(frontend.protocol),
+                pad: [0; 3],
+            };
+            let active = backends.iter().filter(|b| b.state == BackendState::Active).count();
+            let master = Lb4Service {
+                backend_id: service.affinity_seconds.unwrap_or(0),
+                count: active as u16,
+                rev_nat_index,
+                flags: affinity | flags,
+                pad: 0,
+                terminating: (backends.len() - active) as u16,
+            };
+            maps.services.insert(key(0), master);
+            for (slot, backend) in backends.iter().enumerate() {
+                let id = ids[&(backend.address, backend.port, frontend.protocol)];
+                let entry = Lb4Service { backend_id: id, rev_nat_index, ..Default::default() };
+                maps.services.insert(key(slot as u16 + 1), entry);
+            }
         };
-        let active = frontend.backends.iter().filter(|b| b.state == BackendState::Active).count();
-        let master = Lb4Service {
-            backend_id: service.affinity_seconds.unwrap_or(0),
-            count: active as u16,
-            rev_nat_index,
-            flags: if service.affinity_seconds.is_some() { LB4_F_AFFINITY } else { 0 },
-            pad: 0,
-            terminating: (frontend.backends.len() - active) as u16,
-        };
-        maps.services.insert(key(0), master);
-        for (slot, backend) in frontend.backends.iter().enumerate() {
-            let id = ids[&(backend.address, backend.port, frontend.protocol)];
-            maps.services
-                .insert(key(slot as u16 + 1), Lb4Service { backend_id: id, rev_nat_index, ..Default::default() });
+        add(frontend.address, frontend.port, 0, frontend.backends.iter().collect());
+        if let Some(node_port) = frontend.node_port {
+            let backends = frontend.backends.iter().filter(|b| !service.external_local || local.contains(&b.address));
+            add(node_ip, node_port, LB4_F_NODEPORT, backends.collect());
         }
+        // Pods' connections are translated back to the ClusterIP with this; a NodePort's
+        // answers find their frontend in the NAT map (bpf/lab_host.c).
         let frontend_address = Lb4ReverseNat { address: ipv4(frontend.address), port: frontend.port.to_be(), pad: 0 };
         maps.reverse_nat.insert(rev_nat_index, frontend_address);
     }
     maps
 }
 
-/// Makes every node's service maps hold exactly `wanted`. Backends and reverse NAT entries are
-/// added before the services that name them and removed after, so a lookup never dangles.
-pub fn sync(plan: &Plan, wanted: &LbMaps) -> Result<()> {
-    for node in &plan.nodes {
+/// Makes every node's service maps hold exactly what [`lb_maps`] says for it. Backends and
+/// reverse NAT entries are added before the services that name them and removed after, so a
+/// lookup never dangles.
+pub fn sync(plan: &Plan, services: &Services) -> Result<()> {
+    for (index, node) in plan.nodes.iter().enumerate() {
+        let wanted = &lb_maps(services, plan, index);
         let path = |map: &str| pins::node_map(&plan.lab, &node.name, map);
         let mut backends = Synced::open(&path(BACKENDS_MAP), &wanted.backends)?;
         let mut reverse_nat = Synced::open(&path(REVERSE_NAT_MAP), &wanted.reverse_nat)?;

@@ -53,6 +53,6 @@ pub fn install(plan: &Plan, policy: &Compiled, services: &Services) -> Result<()
     }
     maps::fill_nodes(plan, &policy.cidr_identities, |endpoint| policy.endpoints[endpoint].flags())
         .context("filling the datapath's maps")?;
-    lb::sync(plan, &lb::lb_maps(services)).context("filling the service maps")?;
+    lb::sync(plan, services).context("filling the service maps")?;
     Ok(())
 }

@@ -290,3 +290,15 @@ pub fn tcp_sources(
     }
     sources
 }
+
+/// A copy of a native-routing topology with `routingMode: tunnel`, in a folder that goes with the
+/// returned guard.
+pub fn with_tunnel(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let text = std::fs::read_to_string(topology(name)).unwrap();
+    let text = text.replace("routingMode: native", "routingMode: tunnel");
+    assert!(text.contains("routingMode: tunnel"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(std::path::Path::new(name).file_name().unwrap());
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
