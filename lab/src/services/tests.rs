@@ -117,9 +117,21 @@ fn bad_fields_are_named_and_unsupported_ones_warned_about() {
     let errors = Services::resolve(&plan, &resources).unwrap_err();
     assert!(errors[0].field.starts_with("spec.ports"), "{:?}", errors[0]);
 
-    let (plan, resources) = plan_and_resources(&WEB.replace("spec:\n", "spec:\n  type: NodePort\n"));
+    let (plan, resources) = plan_and_resources(&WEB.replace("spec:\n", "spec:\n  type: LoadBalancer\n"));
     let services = Services::resolve(&plan, &resources).unwrap();
     assert_eq!(services.warnings[0].field, "spec.type");
+    // NodePorts are served: derived in the range when not given, and checked when given.
+    let node_ports: Vec<Option<u16>> = services.services[0].frontends.iter().map(|f| f.node_port).collect();
+    assert!(node_ports.iter().all(|p| p.is_some_and(|p| NODE_PORTS.contains(&p))), "{node_ports:?}");
+    let given = WEB
+        .replace("spec:\n", "spec:\n  type: NodePort\n")
+        .replace("targetPort: http}", "targetPort: http, nodePort: 80}");
+    let (plan, resources) = plan_and_resources(&given);
+    let errors = Services::resolve(&plan, &resources).unwrap_err();
+    assert_eq!(errors[0].field, "spec.ports[0].nodePort");
+    let local = WEB.replace("spec:\n", "spec:\n  externalTrafficPolicy: Nearby\n");
+    let (plan, resources) = plan_and_resources(&local);
+    assert_eq!(Services::resolve(&plan, &resources).unwrap_err()[0].field, "spec.externalTrafficPolicy");
     let (plan, resources) = plan_and_resources(&WEB.replace("spec:\n", "spec:\n  sessionAffinity: ClientIP\n"));
     assert_eq!(Services::resolve(&plan, &resources).unwrap().services[0].affinity_seconds, Some(10_800));
 }
