@@ -73,7 +73,12 @@
 /* The identity travels in skb->mark between programs of one node, as Cilium's
  * MARK_MAGIC_IDENTITY does: the magic in the low 16 bits, the identity above. */
 #define MARK_MAGIC_IDENTITY 0x0F00
+#define MARK_MAGIC_HAIRPIN 0x0E00 /* a pod's packet to itself through a service */
 #define MARK_MAGIC_MASK 0xFFFF
+
+/* The source of a pod's packets to itself through a service (Cilium's IPV4_LOOPBACK): the pod
+ * would drop a packet from its own address. Host order. */
+#define HAIRPIN_IP 0xA9FE2A01 /* 169.254.42.1 */
 
 /* ipcache: LPM trie from an IPv4 prefix to an identity, and for remote pods the node that hosts
  * them (the tunnel endpoint). A miss means world. */

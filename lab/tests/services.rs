@@ -16,6 +16,7 @@ use pretty_assertions::assert_eq;
 const WEB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
 const STICKY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 11);
 const EMPTY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 12);
+const ITSELF: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 13);
 
 /// An HTTP GET to `address`:80 from inside `pod`'s namespace: the answering pod (the agent's
 /// HTTP answer names it), or the error.
@@ -63,6 +64,11 @@ fn a_cluster_ip_spreads_connections_over_every_backend_and_answers_from_itself()
     assert_eq!(back["IP"]["source"], WEB.to_string().as_str(), "{back}");
     assert!(backends.contains(&back["IP"]["source_xlated"].as_str().unwrap().to_string()), "{back}");
     assert_eq!(back["destination"]["pod_name"], "client");
+
+    // Hairpin: the client reaches itself through its own Service.
+    for _ in 0..5 {
+        assert_eq!(get(&client, ITSELF).expect("the client answers itself"), "default/client");
+    }
 
     // ClientIP affinity: one backend for every connection.
     let sticky: Vec<String> = (0..50).map(|_| get(&client, STICKY).expect("the service answers")).collect();
