@@ -186,6 +186,17 @@ struct lb4_key {
 
 #define LB4_F_AFFINITY 1 /* sessionAffinity: ClientIP */
 #define LB4_F_NODEPORT 2 /* a NodePort: served at the node's uplink to whoever reaches it */
+#define LB4_F_MAGLEV 4 /* backends chosen by the Maglev table of the frontend, not at random */
+
+/* Maglev: each frontend's lookup table of MAGLEV_SIZE slots (a prime), keyed by its reverse NAT
+ * index, filled by userspace with Maglev's permutations over the active backends. */
+#define MAGLEV_SIZE 1021
+
+struct maglev_key {
+	__u16 rev_nat_index;
+	__u16 pad;
+	__u32 slot;
+};
 
 struct lb4_service {
 	__u32 backend_id; /* slots 1..: the backend; slot 0: the affinity timeout in seconds */

@@ -43,6 +43,15 @@ struct {
 } lab_lb4_reverse_nat SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct maglev_key);
+	__type(value, __u32);
+	__uint(max_entries, LB_SERVICES_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lab_lb4_maglev SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct lb4_affinity_key);
 	__type(value, struct lb4_affinity);
@@ -81,8 +90,31 @@ static __always_inline bool lb4_is_active(const struct packet *p, const struct l
 	return false;
 }
 
+/* A hash of the connection's tuple for Maglev (murmur3's finaliser over its words): the same
+ * connection always lands on the same slot, on every node. */
+static __always_inline __u32 tuple_hash(const struct packet *p)
+{
+	__u32 h = p->saddr ^ (p->daddr * 0x9e3779b1) ^ (((__u32)p->sport << 16 | p->dport) * 0x85ebca6b) ^ p->protocol;
+
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 lb4_maglev(const struct packet *p, const struct lb4_service *svc)
+{
+	struct maglev_key key = { .rev_nat_index = svc->rev_nat_index, .slot = tuple_hash(p) % MAGLEV_SIZE };
+	__u32 *id = bpf_map_lookup_elem(&lab_lb4_maglev, &key);
+
+	return id ? *id : 0;
+}
+
 /* A backend for a new connection from `p->saddr`: the one affinity remembers while it is
- * active, else a random active one; 0 when the frontend has none. */
+ * active, else one of the active ones, at random or by the frontend's Maglev table; 0 when the
+ * frontend has none. */
 static __always_inline __u32 lb4_select(const struct packet *p, const struct lb4_service *svc, __u64 now)
 {
 	struct lb4_affinity_key key = { .client = p->saddr, .rev_nat_index = svc->rev_nat_index };
@@ -99,7 +131,7 @@ static __always_inline __u32 lb4_select(const struct packet *p, const struct lb4
 			return remembered->backend_id;
 		}
 	}
-	id = lb4_slot(p, bpf_get_prandom_u32() % svc->count + 1);
+	id = (svc->flags & LB4_F_MAGLEV) ? lb4_maglev(p, svc) : lb4_slot(p, bpf_get_prandom_u32() % svc->count + 1);
 	if (id && (svc->flags & LB4_F_AFFINITY)) {
 		fresh.backend_id = id;
 		bpf_map_update_elem(&lab_lb4_affinity, &key, &fresh, BPF_ANY);

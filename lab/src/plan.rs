@@ -44,6 +44,7 @@ pub struct Plan {
     /// Whether pod traffic leaving for outside `native_routing_cidr` is masqueraded.
     pub masquerade: bool,
     pub native_routing_cidr: Ipv4Net,
+    pub load_balancer_algorithm: crate::topology::LoadBalancerAlgorithm,
     pub routing_mode: RoutingMode,
     pub attach: AttachMode,
     pub mtu: u32,
@@ -412,6 +413,7 @@ impl Plan {
             service_cidr: cluster.service_cidr,
             masquerade: cluster.masquerade,
             native_routing_cidr: cluster.native_routing_cidr.unwrap_or(cluster.pod_cidr),
+            load_balancer_algorithm: cluster.load_balancer_algorithm,
             routing_mode: cluster.routing_mode,
             attach: cluster.attach,
             mtu: cluster.mtu,

@@ -246,3 +246,40 @@ fn node_ports_are_served(file: &std::path::Path) {
     assert_eq!(dropped["destination_service"], serde_json::json!({"name": "web-local", "namespace": "default"}));
     assert_eq!(dropped["node_name"], "node-a");
 }
+
+/// An HTTP GET to `address`:80 from `pod`'s namespace and source port `port`, closed with a
+/// reset so the port is free again at once: the answering pod.
+fn get_from_port(pod: &std::fs::File, address: Ipv4Addr, port: u16) -> String {
+    use socket2::{Domain, Socket, Type};
+    let socket = netns::run_in(pod, || Socket::new(Domain::IPV4, Type::STREAM, None)).unwrap().unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into()).unwrap();
+    socket.connect_timeout(&SocketAddrV4::new(address, 80).into(), Duration::from_secs(1)).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.lines().last().unwrap().to_string()
+}
+
+/// `loadBalancerAlgorithm: maglev`: a connection's tuple decides its backend, so the same
+/// client ports land on the same backends when they connect again (at random, 30 ports would
+/// not), and the table still spreads them.
+#[test]
+fn maglev_gives_a_tuple_the_same_backend_every_time() {
+    let text = std::fs::read_to_string(topology("services/clusterip.yaml")).unwrap();
+    let text = text.replace("routingMode: native", "routingMode: native\n  loadBalancerAlgorithm: maglev");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("maglev.yaml");
+    std::fs::write(&file, text).unwrap();
+    let lab = Lab::up(&file, "maglev");
+    let plan = lab.plan();
+    let client = netns::open(&plan.pods.iter().find(|p| p.name == "client").unwrap().netns).unwrap();
+    let round = || -> Vec<String> { (40001..40031).map(|port| get_from_port(&client, WEB, port)).collect() };
+    let first = round();
+    assert_eq!(round(), first, "the same ports, the same backends");
+    let distinct: std::collections::BTreeSet<&String> = first.iter().collect();
+    assert!(distinct.len() >= 2, "{first:?}");
+}

@@ -207,6 +207,17 @@ pub struct Lb4Key {
 
 pub const LB4_F_AFFINITY: u8 = 1;
 pub const LB4_F_NODEPORT: u8 = 2;
+pub const LB4_F_MAGLEV: u8 = 4;
+/// Slots of each frontend's Maglev table (a prime).
+pub const MAGLEV_SIZE: u32 = 1021;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub rev_nat_index: u16,
+    pub pad: u16,
+    pub slot: u32,
+}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -318,6 +329,7 @@ unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtEntry {}
 unsafe impl aya::Pod for MetricsValue {}
 unsafe impl aya::Pod for Lb4Key {}
+unsafe impl aya::Pod for MaglevKey {}
 unsafe impl aya::Pod for Lb4Service {}
 unsafe impl aya::Pod for Lb4Backend {}
 unsafe impl aya::Pod for Lb4ReverseNat {}
@@ -418,6 +430,7 @@ mod layout {
         check!(structs, "lb4_reverse_nat", Lb4ReverseNat, [address, port, pad]);
         check!(structs, "lb4_affinity_key", Lb4AffinityKey, [client, rev_nat_index, pad]);
         check!(structs, "lb4_affinity", Lb4Affinity, [last_used, backend_id, pad]);
+        check!(structs, "maglev_key", MaglevKey, [rev_nat_index, pad, slot]);
         check!(structs, "metrics_value", MetricsValue, [packets, bytes]);
         check!(
             structs,

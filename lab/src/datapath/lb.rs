@@ -10,17 +10,20 @@ use anyhow::{Context, Result};
 use aya::Pod;
 use aya::maps::{HashMap, Map};
 
-use super::abi::{LB4_F_AFFINITY, LB4_F_NODEPORT, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
+use super::abi::{
+    LB4_F_AFFINITY, LB4_F_MAGLEV, LB4_F_NODEPORT, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, MAGLEV_SIZE, MaglevKey,
+};
 use super::maps::{ipv4, open};
 use super::pins;
-use crate::plan::Plan;
+use crate::plan::{Plan, stable_hash};
 use crate::policy::ports::{IPPROTO_TCP, IPPROTO_UDP};
 use crate::services::{Backend, BackendState, Services};
-use crate::topology::Protocol;
+use crate::topology::{LoadBalancerAlgorithm, Protocol};
 
 pub const SERVICES_MAP: &str = "lab_lb4_services";
 pub const BACKENDS_MAP: &str = "lab_lb4_backends";
 pub const REVERSE_NAT_MAP: &str = "lab_lb4_reverse_nat";
+pub const MAGLEV_MAP: &str = "lab_lb4_maglev";
 
 /// The contents of the three service maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +31,8 @@ pub struct LbMaps {
     pub services: BTreeMap<Lb4Key, Lb4Service>,
     pub backends: BTreeMap<u32, Lb4Backend>,
     pub reverse_nat: BTreeMap<u16, Lb4ReverseNat>,
+    /// Each Maglev frontend's table, by reverse NAT index and slot.
+    pub maglev: BTreeMap<MaglevKey, u32>,
 }
 
 fn protocol_number(protocol: Protocol) -> u8 {
@@ -50,8 +55,21 @@ pub fn lb_maps(services: &Services, plan: &Plan, node: usize) -> LbMaps {
             Lb4Backend { address: ipv4(*address), port: port.to_be(), proto: protocol_number(*protocol), pad: 0 };
         maps.backends.insert(*id, backend);
     }
+    let maglev = plan.load_balancer_algorithm == LoadBalancerAlgorithm::Maglev;
     for (rev_nat_index, service, frontend) in services.frontends() {
         let affinity = if service.affinity_seconds.is_some() { LB4_F_AFFINITY } else { 0 };
+        let active: Vec<&Backend> = frontend.backends.iter().filter(|b| b.state == BackendState::Active).collect();
+        // One table per frontend, over all its backends: a Local NodePort, which has only the
+        // node's, picks among them at random.
+        let algorithm = if maglev && !active.is_empty() { LB4_F_MAGLEV } else { 0 };
+        if algorithm != 0 {
+            let names: Vec<String> = active.iter().map(|b| format!("{}:{}", b.address, b.port)).collect();
+            for (slot, backend) in maglev_table(&names, MAGLEV_SIZE).into_iter().enumerate() {
+                let key = MaglevKey { rev_nat_index, pad: 0, slot: slot as u32 };
+                let backend = active[backend];
+                maps.maglev.insert(key, ids[&(backend.address, backend.port, frontend.protocol)]);
+            }
+        }
         let mut add = |address, port: u16, flags, backends: Vec<&Backend>| {
             let key = |slot: u16| Lb4Key {
                 address: ipv4(address),
@@ -76,10 +94,11 @@ pub fn lb_maps(services: &Services, plan: &Plan, node: usize) -> LbMaps {
                 maps.services.insert(key(slot as u16 + 1), entry);
             }
         };
-        add(frontend.address, frontend.port, 0, frontend.backends.iter().collect());
+        add(frontend.address, frontend.port, algorithm, frontend.backends.iter().collect());
         if let Some(node_port) = frontend.node_port {
             let backends = frontend.backends.iter().filter(|b| !service.external_local || local.contains(&b.address));
-            add(node_ip, node_port, LB4_F_NODEPORT, backends.collect());
+            let algorithm = if service.external_local { 0 } else { algorithm };
+            add(node_ip, node_port, LB4_F_NODEPORT | algorithm, backends.collect());
         }
         // Pods' connections are translated back to the ClusterIP with this; a NodePort's
         // answers find their frontend in the NAT map (bpf/lab_host.c).
@@ -87,6 +106,45 @@ pub fn lb_maps(services: &Services, plan: &Plan, node: usize) -> LbMaps {
         maps.reverse_nat.insert(rev_nat_index, frontend_address);
     }
     maps
+}
+
+/// Maglev's lookup table (Eisenbud et al., NSDI 2016, section 3.4): the backends take turns
+/// taking their next preferred free slot, each one's preferences a permutation of the slots
+/// derived from its name, so each gets about `size / n` slots, and a backend that goes away
+/// moves little more than its own. `size` must be prime. The index of the backend per slot.
+pub fn maglev_table(backends: &[String], size: u32) -> Vec<usize> {
+    let size = u64::from(size);
+    let mut table = vec![usize::MAX; size as usize];
+    if backends.is_empty() {
+        return Vec::new();
+    }
+    let permutation: Vec<(u64, u64)> = backends
+        .iter()
+        .map(|name| {
+            (
+                stable_hash(&format!("maglev-offset/{name}")) % size,
+                stable_hash(&format!("maglev-skip/{name}")) % (size - 1) + 1,
+            )
+        })
+        .collect();
+    let mut next = vec![0u64; backends.len()];
+    let mut filled = 0;
+    'fill: loop {
+        for (backend, (offset, skip)) in permutation.iter().enumerate() {
+            let mut slot = (offset + next[backend] * skip) % size;
+            while table[slot as usize] != usize::MAX {
+                next[backend] += 1;
+                slot = (offset + next[backend] * skip) % size;
+            }
+            table[slot as usize] = backend;
+            next[backend] += 1;
+            filled += 1;
+            if filled == size {
+                break 'fill;
+            }
+        }
+    }
+    table
 }
 
 /// Makes every node's service maps hold exactly what [`lb_maps`] says for it. Backends and
@@ -97,6 +155,8 @@ pub fn sync(plan: &Plan, services: &Services) -> Result<()> {
         let wanted = &lb_maps(services, plan, index);
         let path = |map: &str| pins::node_map(&plan.lab, &node.name, map);
         let mut backends = Synced::open(&path(BACKENDS_MAP), &wanted.backends)?;
+        let mut maglev = Synced::open(&path(MAGLEV_MAP), &wanted.maglev)?;
+        maglev.write()?;
         let mut reverse_nat = Synced::open(&path(REVERSE_NAT_MAP), &wanted.reverse_nat)?;
         backends.write()?;
         reverse_nat.write()?;
@@ -105,6 +165,7 @@ pub fn sync(plan: &Plan, services: &Services) -> Result<()> {
         services.write()?;
         backends.remove_unwanted()?;
         reverse_nat.remove_unwanted()?;
+        maglev.remove_unwanted()?;
     }
     Ok(())
 }
@@ -137,5 +198,31 @@ impl<'a, K: Pod + Ord + Hash, V: Pod + PartialEq> Synced<'a, K, V> {
             self.map.remove(key)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maglev_spreads_evenly_and_a_departure_moves_little_else() {
+        let names: Vec<String> = (1..=5).map(|i| format!("10.0.0.{i}:8080")).collect();
+        let table = maglev_table(&names, MAGLEV_SIZE);
+        assert_eq!(table.len(), MAGLEV_SIZE as usize);
+        for backend in 0..names.len() {
+            let share = table.iter().filter(|b| **b == backend).count();
+            assert!((200..=210).contains(&share), "backend {backend} has {share} of 1021 slots");
+        }
+        // Without the third backend: its slots are shared out, and few others change hands.
+        let fewer: Vec<String> = names.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, n)| n.clone()).collect();
+        let after = maglev_table(&fewer, MAGLEV_SIZE);
+        let moved = table
+            .iter()
+            .zip(&after)
+            .filter(|(before, after)| **before != 2 && names[**before] != fewer[**after])
+            .count();
+        assert!(moved < 60, "{moved} slots of the remaining backends moved");
+        assert_eq!(maglev_table(&names, MAGLEV_SIZE), table, "the same table every time");
     }
 }

@@ -82,6 +82,9 @@ pub struct Cluster {
     #[serde(default, rename = "nativeRoutingCIDR")]
     #[schemars(with = "Option<String>")]
     pub native_routing_cidr: Option<Ipv4Net>,
+    /// How services pick a backend for a new connection: `random` or `maglev`.
+    #[serde(default)]
+    pub load_balancer_algorithm: LoadBalancerAlgorithm,
     /// How pods on different nodes reach each other.
     #[serde(default)]
     pub routing_mode: RoutingMode,
@@ -143,6 +146,7 @@ impl Default for Cluster {
             service_cidr: Self::default_service_cidr(),
             masquerade: Self::default_masquerade(),
             native_routing_cidr: None,
+            load_balancer_algorithm: LoadBalancerAlgorithm::default(),
             routing_mode: RoutingMode::default(),
             mtu: Self::default_mtu(),
             attach: AttachMode::default(),
@@ -172,6 +176,18 @@ impl fmt::Display for RoutingMode {
             RoutingMode::Tunnel => "tunnel",
         })
     }
+}
+
+/// How a service's backend is chosen for a new connection (Cilium's `loadBalancer.algorithm`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancerAlgorithm {
+    /// At random among the ready backends.
+    #[default]
+    Random,
+    /// By the frontend's Maglev table: a connection's tuple always maps to the same backend, on
+    /// every node, and a backend that goes away moves only its own connections.
+    Maglev,
 }
 
 /// How the datapath's programs are attached to interfaces.
