@@ -18,7 +18,8 @@ use super::cidr::{self, CidrPeer};
 use super::knp;
 use super::ports::{IPPROTO_TCP, IPPROTO_UDP, PortSpec, split_range};
 use super::rule::{Direction, Item, Peer, Peers, Rule, RuleInfo};
-use super::selector::{LabelKey, NAMESPACE_KEY, Source};
+use super::selector::{LabelKey, NAMESPACE_KEY, Selector, Source};
+use super::selector_cache::SelectorCache;
 use super::{CapacityError, Compiled, Endpoint, EndpointPolicy, Options, PolicySet};
 
 /// Key prefix bits of the protocol.
@@ -34,30 +35,45 @@ enum Resolved {
 
 /// What peers resolve against.
 struct Resolver<'a> {
-    /// Every identity in use, CIDR identities included.
-    identities: &'a BTreeMap<u32, Labels>,
+    /// Every identity in use but 0, CIDR identities included: the members of `peers`.
+    identities: Vec<u32>,
+    peers: SelectorCache<'a>,
     cidr_identities: &'a BTreeMap<Ipv4Net, u32>,
     endpoints: &'a [Endpoint],
     semantics: PolicySemantics,
 }
 
-impl Resolver<'_> {
-    fn resolve(&self, item: &Item, info: &RuleInfo, warnings: &mut Vec<Diagnostic>) -> Resolved {
+impl<'a> Resolver<'a> {
+    fn new(
+        identities: &'a BTreeMap<u32, Labels>,
+        cidr_identities: &'a BTreeMap<Ipv4Net, u32>,
+        endpoints: &'a [Endpoint],
+        semantics: PolicySemantics,
+    ) -> Resolver<'a> {
+        let peers = identities.iter().filter(|(id, _)| **id != 0);
+        Resolver {
+            identities: peers.clone().map(|(id, _)| *id).collect(),
+            peers: SelectorCache::new(peers.map(|(_, labels)| labels)),
+            cidr_identities,
+            endpoints,
+            semantics,
+        }
+    }
+
+    /// The identities `selector` matches.
+    fn select(&mut self, selector: &Selector) -> impl Iterator<Item = u32> {
+        self.peers.select(selector).iter().map(|&member| self.identities[member])
+    }
+
+    fn resolve(&mut self, item: &Item, info: &RuleInfo, warnings: &mut Vec<Diagnostic>) -> Resolved {
         let Peers::List(list) = &item.peers else {
             return Resolved::Wildcard;
         };
         let mut ids = BTreeSet::new();
         for peer in list {
             match peer {
-                Peer::Selector(selector) => {
-                    ids.extend(
-                        self.identities
-                            .iter()
-                            .filter(|(id, labels)| **id != 0 && selector.matches(labels))
-                            .map(|(id, _)| *id),
-                    );
-                }
-                Peer::Entity(entity) => match entity.resolve(self.identities) {
+                Peer::Selector(selector) => ids.extend(self.select(selector)),
+                Peer::Entity(entity) => match entity.resolve(|selector| self.select(selector).collect()) {
                     None => return Resolved::Wildcard,
                     Some(set) => ids.extend(set),
                 },
@@ -318,12 +334,7 @@ pub(crate) fn compile(
     }
     let mut warnings = set.warnings.clone();
     warnings.extend(set.semantic_warnings.iter().filter(|(s, _)| *s == options.semantics).map(|(_, d)| d.clone()));
-    let resolver = Resolver {
-        identities: &all_identities,
-        cidr_identities: &cidr_identities,
-        endpoints,
-        semantics: options.semantics,
-    };
+    let mut resolver = Resolver::new(&all_identities, &cidr_identities, endpoints, options.semantics);
     let resolved: Vec<Vec<Resolved>> = set
         .rules
         .iter()
@@ -349,20 +360,27 @@ pub(crate) fn compile(
         });
     }
 
+    let subject_labels: Vec<Labels> = endpoints.iter().map(|e| subject_labels(e, identities)).collect();
+    let mut subjects = SelectorCache::new(&subject_labels);
+    // Each endpoint's rules, in rule order.
+    let mut rules_of: Vec<Vec<usize>> = vec![Vec::new(); endpoints.len()];
+    for (index, rule) in set.rules.iter().enumerate() {
+        for &endpoint in subjects.select(&rule.subject) {
+            rules_of[endpoint].push(index);
+        }
+    }
+
     let egress_names = named_ports(endpoints);
     let mut errors = Vec::new();
     let mut policies = Vec::with_capacity(endpoints.len());
 
     for (index, endpoint) in endpoints.iter().enumerate() {
-        let labels = subject_labels(endpoint, identities);
         let mut entries = BTreeMap::new();
         // `always`: every endpoint is in default deny both ways, selected or not.
         let mut default_deny = [options.enforcement == PolicyEnforcement::Always; 2];
         let mut contributors = BTreeSet::new();
-        for (rule, resolved) in set.rules.iter().zip(&resolved) {
-            if !rule.subject.matches(&labels) {
-                continue;
-            }
+        for &selected in &rules_of[index] {
+            let (rule, resolved) = (&set.rules[selected], &resolved[selected]);
             default_deny[0] |= rule.default_deny_ingress && !skipped(rule, Direction::Ingress, options.semantics);
             default_deny[1] |= rule.default_deny_egress && !skipped(rule, Direction::Egress, options.semantics);
             for (item, peers) in rule.items.iter().zip(resolved) {
