@@ -278,6 +278,13 @@ fn insert(entries: &mut BTreeMap<PolicyKey, PolicyEntry>, key: PolicyKey, entry:
 /// or 0, the deny's protocol/port prefix containing the allow's) into a deny at its own key,
 /// carrying the lowest cookie among the covering denies.
 pub(crate) fn apply_denies(entries: &mut BTreeMap<PolicyKey, PolicyEntry>) {
+    // Most maps have no deny, and most allows of the others no deny of their direction and
+    // identity (or 0): looking up every prefix of every allow would cost a map search each.
+    let denied: BTreeSet<(u8, u32)> =
+        entries.iter().filter(|(_, entry)| entry.deny != 0).map(|(key, _)| (key.egress, key.identity)).collect();
+    if denied.is_empty() {
+        return;
+    }
     let mut converted = Vec::new();
     for (key, entry) in entries.iter() {
         if entry.deny != 0 {
@@ -285,6 +292,9 @@ pub(crate) fn apply_denies(entries: &mut BTreeMap<PolicyKey, PolicyEntry>) {
         }
         let port = u16::from_be(key.dport);
         let identities: &[u32] = if key.identity == 0 { &[0] } else { &[key.identity, 0] };
+        if !identities.iter().any(|&identity| denied.contains(&(key.egress, identity))) {
+            continue;
+        }
         let prefixes = std::iter::once(POLICY_PREFIX_STATIC)
             .chain(POLICY_PREFIX_STATIC + PROTOCOL_BITS..=key.prefixlen.min(crate::datapath::abi::POLICY_PREFIX_FULL));
         let covering = prefixes
