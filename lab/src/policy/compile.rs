@@ -30,7 +30,8 @@ const PROTOCOL_BITS: u32 = 8;
 enum Resolved {
     /// Any identity: key identity 0.
     Wildcard,
-    Identities(BTreeSet<u32>),
+    /// Ascending, without duplicates.
+    Identities(Vec<u32>),
 }
 
 /// What peers resolve against.
@@ -69,7 +70,7 @@ impl<'a> Resolver<'a> {
         let Peers::List(list) = &item.peers else {
             return Resolved::Wildcard;
         };
-        let mut ids = BTreeSet::new();
+        let mut ids = Vec::new();
         for peer in list {
             match peer {
                 Peer::Selector(selector) => ids.extend(self.select(selector)),
@@ -81,6 +82,8 @@ impl<'a> Resolver<'a> {
                 Peer::Nothing => {}
             }
         }
+        ids.sort_unstable();
+        ids.dedup();
         Resolved::Identities(ids)
     }
 
@@ -353,7 +356,7 @@ pub(crate) fn compile(
                 .iter()
                 .map(|item| {
                     if skipped(rule, item.direction, options.semantics) {
-                        return Resolved::Identities(BTreeSet::new());
+                        return Resolved::Identities(Vec::new());
                     }
                     resolver.resolve(item, &set.infos[item.rule as usize - 1], &mut warnings)
                 })
@@ -405,12 +408,15 @@ pub(crate) fn compile(
                         warnings.push(warning);
                     }
                 }
-                let ids: Vec<u32> = match peers {
-                    Resolved::Wildcard => vec![0],
-                    Resolved::Identities(ids) => ids.iter().copied().collect(),
+                let ids: &[u32] = match peers {
+                    Resolved::Wildcard => &[0],
+                    Resolved::Identities(ids) => ids,
                 };
+                if !ids.is_empty() && !blocks.is_empty() {
+                    contributors.insert(item.rule);
+                }
                 let egress = item.direction.is_egress();
-                for &identity in &ids {
+                for &identity in ids {
                     for &block in &blocks {
                         let (key, prefix_length) = key(identity, egress, block);
                         let entry = PolicyEntry {
@@ -421,7 +427,6 @@ pub(crate) fn compile(
                             packets: 0,
                         };
                         insert(&mut entries, key, entry);
-                        contributors.insert(item.rule);
                     }
                 }
             }
