@@ -126,13 +126,7 @@ fn write(old: &Plan, plan: &Plan, compiled: &Compiled, services: &Services) -> R
     let mut applied = Applied::default();
     // Policies first, so new identities are allowed before any packet carries them.
     for (pod, endpoint) in compiled.endpoints.iter().enumerate() {
-        let present = maps::read_policy(plan, pod)?;
-        let same = present.len() == endpoint.entries.len()
-            && present
-                .iter()
-                .all(|(k, e)| endpoint.entries.get(k).is_some_and(|w| (w.deny, w.rule) == (e.deny, e.rule)));
-        if !same {
-            maps::sync_policy(plan, pod, &endpoint.entries)?;
+        if maps::sync_policy(plan, pod, &endpoint.entries)? {
             applied.endpoints += 1;
         }
     }
