@@ -151,6 +151,18 @@ enum BenchTarget {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Format,
     },
+    /// New TCP connections per second through a ClusterIP with N services defined, translated by
+    /// the datapath's service maps and by kube-proxy's iptables rules (loaded in the lab's node).
+    Services {
+        /// Service counts to measure; the fewest is the reference of each curve.
+        #[arg(long, value_delimiter = ',', default_values_t = lab::bench::services::SERVICE_COUNTS)]
+        services: Vec<usize>,
+        /// Length of each run, in seconds; each setup runs once per round, over 7 rounds.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 fn main() -> ExitCode {
@@ -201,6 +213,9 @@ fn main() -> ExitCode {
             cmd::bench::datapath(std::time::Duration::from_secs(seconds), output)
         }
         Command::Bench { target: BenchTarget::Policy { output } } => cmd::bench::policy(output),
+        Command::Bench { target: BenchTarget::Services { services, seconds, output } } => {
+            cmd::bench::services(&services, std::time::Duration::from_secs(seconds), output)
+        }
         Command::Agent { name } => lab::agent::serve(&name),
     };
     match result {
