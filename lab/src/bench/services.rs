@@ -277,7 +277,8 @@ pub fn run(counts: &[usize], seconds: Duration, mut progress: impl FnMut(Progres
             "the measured service must come last, with one backend"
         );
         let rules = kube_proxy_rules(&services, topology.cluster.pod_cidr);
-        prepared.push(Prepared { maps: lb::lb_maps(&services), rule_count: rule_count(&rules), rules });
+        let maps = (0..plan.nodes.len()).map(|node| lb::lb_maps(&services, &plan, node)).collect();
+        prepared.push(Prepared { maps, rule_count: rule_count(&rules), rules });
     }
     let measured = &service_objects(1, plan.service_cidr)?[0];
     let frontend = SocketAddrV4::new(cluster_ip(measured)?, SERVICE_PORT);
@@ -347,7 +348,8 @@ pub fn run(counts: &[usize], seconds: Duration, mut progress: impl FnMut(Progres
 
 /// What one service count needs: its service maps, and kube-proxy's rules for it.
 struct Prepared {
-    maps: LbMaps,
+    /// Each node's service maps.
+    maps: Vec<LbMaps>,
     rules: String,
     rule_count: usize,
 }
@@ -625,9 +627,10 @@ impl Bench<'_> {
                 if was == Some(Translation::Iptables) {
                     loader::attach_pods(self.plan, &[CLIENT, SERVER]).context("attaching the datapath again")?;
                 }
-                lb::sync(self.plan, &LbMaps::default()).context("emptying the service maps")?;
+                let empty = vec![LbMaps::default(); self.plan.nodes.len()];
+                lb::write(self.plan, &empty).context("emptying the service maps")?;
                 started = Instant::now();
-                lb::sync(self.plan, &prepared.maps).context("writing the service maps")?;
+                lb::write(self.plan, &prepared.maps).context("writing the service maps")?;
             }
             Translation::Iptables => {
                 if was != Some(Translation::Iptables) {

@@ -151,8 +151,13 @@ pub fn maglev_table(backends: &[String], size: u32) -> Vec<usize> {
 /// reverse NAT entries are added before the services that name them and removed after, so a
 /// lookup never dangles.
 pub fn sync(plan: &Plan, services: &Services) -> Result<()> {
-    for (index, node) in plan.nodes.iter().enumerate() {
-        let wanted = &lb_maps(services, plan, index);
+    let wanted: Vec<LbMaps> = (0..plan.nodes.len()).map(|node| lb_maps(services, plan, node)).collect();
+    write(plan, &wanted)
+}
+
+/// Makes node `i`'s service maps hold exactly `wanted[i]`, in the order [`sync`] describes.
+pub fn write(plan: &Plan, wanted: &[LbMaps]) -> Result<()> {
+    for (node, wanted) in plan.nodes.iter().zip(wanted) {
         let path = |map: &str| pins::node_map(&plan.lab, &node.name, map);
         let mut backends = Synced::open(&path(BACKENDS_MAP), &wanted.backends)?;
         let mut maglev = Synced::open(&path(MAGLEV_MAP), &wanted.maglev)?;
