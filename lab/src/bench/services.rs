@@ -746,7 +746,7 @@ mod tests {
         let (_, few) = resolved(1);
         assert_eq!(few.services[0], *last);
         // The service maps: a master entry and one slot per frontend, one backend for all.
-        let maps = lb::lb_maps(&services);
+        let maps = lb::lb_maps(&services, &plan, 0);
         assert_eq!((maps.services.len(), maps.backends.len(), maps.reverse_nat.len()), (2_000, 1, 1_000));
     }
 
@@ -831,12 +831,14 @@ mod tests {
                 name: "many".to_string(),
                 cluster_ip: Ipv4Addr::new(172, 30, 0, 9),
                 affinity_seconds: None,
+                external_local: false,
                 frontends: vec![
                     Frontend {
                         name: None,
                         address: Ipv4Addr::new(172, 30, 0, 9),
                         port: 53,
                         protocol: Protocol::Udp,
+                        node_port: None,
                         backends: vec![
                             backend(1, BackendState::Active),
                             backend(2, BackendState::Active),
@@ -849,6 +851,7 @@ mod tests {
                         address: Ipv4Addr::new(172, 30, 0, 9),
                         port: 54,
                         protocol: Protocol::Tcp,
+                        node_port: None,
                         backends: vec![backend(5, BackendState::Terminating)],
                     },
                 ],
