@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["lab_lxc", "lab_host"];
+const PROGRAMS: &[&str] = &["lab_lxc", "lab_host", "lab_probe"];
 
 fn main() {
     let bpf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf");

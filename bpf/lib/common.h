@@ -245,6 +245,7 @@ struct metrics_value {
 /* One event on the ring buffer: a drop, a trace or a policy verdict, with the packet's first
  * bytes for the flow's L3/L4 fields. */
 #define EVENT_SAMPLE 128
+_Static_assert((EVENT_SAMPLE & (EVENT_SAMPLE - 1)) == 0, "lib/events.h masks sample sizes with EVENT_SAMPLE - 1");
 
 struct event {
 	__u8 type; /* EVENT_* */

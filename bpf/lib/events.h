@@ -55,11 +55,20 @@ static __always_inline void emit(struct __sk_buff *skb, const struct event_meta 
 	e->pad = 0;
 	e->orig_ip = meta->orig_ip;
 	e->packet_len = len;
-	if (len > EVENT_SAMPLE)
-		len = EVENT_SAMPLE;
-	if (len < 1 || bpf_skb_load_bytes(skb, 0, e->sample, len) < 0)
-		len = 0;
-	e->sample_len = len;
+	e->sample_len = 0;
+	if (len > 0) {
+		__u32 size = (len > EVENT_SAMPLE ? EVENT_SAMPLE : len) - 1;
+
+		/* The size's bounds must be in its own register: clang makes `len != 0` of a
+		 * `len < 1` check, and Linux 6.1's verifier learns no lower bound from that
+		 * ("invalid access to memory ... size=0"), later ones (6.12) do. Past the barrier clang
+		 * cannot see that the mask changes nothing, so it stays, and every verifier reads
+		 * [1, EVENT_SAMPLE] off it. */
+		asm volatile("" : "+r"(size));
+		size = (size & (EVENT_SAMPLE - 1)) + 1;
+		if (bpf_skb_load_bytes(skb, 0, e->sample, size) == 0)
+			e->sample_len = size;
+	}
 	bpf_ringbuf_submit(e, 0);
 }
 

@@ -180,7 +180,7 @@ pub fn probed_matrix(plan: &Plan, kind: Kind) -> Result<String> {
         futures::stream::iter((0..n).flat_map(|a| (0..n).map(move |b| (a, b))))
             .map(|(a, b)| {
                 let (file, ip) = (&files[a], plan.pods[b].ip);
-                async move { (a, b, probe::probe(file, ip, kind, Duration::from_millis(500)).await) }
+                async move { (a, b, probe::probe(file, ip, kind, probe::scaled(Duration::from_millis(500))).await) }
             })
             .buffer_unordered(96)
             .collect(),

@@ -112,6 +112,9 @@ enum Command {
     },
     /// Print the JSON Schema of topology files (as in docs/topology.schema.json).
     Schema,
+    /// Probe this kernel for what the datapath needs: BPF maps and helpers, veth, bridge, VXLAN,
+    /// clsact, cls_bpf and TCX, with the first Linux release that has each.
+    Features,
     /// Measure the lab on this host.
     Bench {
         #[command(subcommand)]
@@ -204,6 +207,7 @@ fn main() -> ExitCode {
         Command::Validate { files } => {
             return if cmd::validate::run(&files) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
+        Command::Features => cmd::features::run(),
         Command::Schema => {
             print!("{}", lab::topology::json_schema());
             Ok(())

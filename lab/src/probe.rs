@@ -62,6 +62,18 @@ fn outcome_of(error: io::Error) -> Outcome {
     }
 }
 
+/// `wait` stretched by the factor in `LAB_TIME_SCALE` (default 1), for the test suite's timeouts.
+/// Under emulation (scripts/kernel-matrix boots kernels under TCG when KVM is unavailable) the
+/// first packet through freshly JIT-compiled programs takes tens of milliseconds per hop, and a
+/// timeout sized for real hardware would read a slow connection as a denied one.
+pub fn scaled(wait: Duration) -> Duration {
+    let factor = std::env::var("LAB_TIME_SCALE").ok().and_then(|f| f.parse::<f64>().ok());
+    match factor {
+        Some(factor) if factor.is_finite() && factor >= 1.0 => wait.mul_f64(factor),
+        _ => wait,
+    }
+}
+
 /// Sends one probe from the namespace `from` to `to`.
 pub async fn probe(from: &File, to: Ipv4Addr, kind: Kind, wait: Duration) -> Outcome {
     let result = match kind {

@@ -21,11 +21,42 @@ fn a_spoofed_source_is_dropped_with_reason_132() {
     spoofed_source_is_dropped(&topology("examples/three-nodes.yaml"));
 }
 
-/// The same with the programs attached as TCX links, across the VXLAN tunnel.
+/// The same with the programs attached as TCX links, across the VXLAN tunnel; on a kernel
+/// older than TCX (6.6), `lab up` refuses before building anything, naming what is missing.
 #[test]
 fn a_spoofed_source_is_dropped_with_tcx_attach_and_tunnel() {
     let (_dir, file) = three_nodes_with("  routingMode: tunnel\n  attach: tcx\n");
-    spoofed_source_is_dropped(&file);
+    if common::kernel_at_least(6, 6) {
+        spoofed_source_is_dropped(&file);
+    } else {
+        common::require_root();
+        let name = common::unique_name("tcx-refused");
+        let _down = common::DownOnDrop(name.clone());
+        let out = common::lab_up(&file, &name);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lab up with attach: tcx succeeded on a kernel without TCX");
+        assert!(
+            stderr.contains("TCX links (Linux 6.6 or later, CONFIG_NET_XGRESS), needed by attach: tcx")
+                && stderr.contains("`attach: netlink`, the default"),
+            "{stderr}"
+        );
+        assert_eq!(common::remains_of(&name), Vec::<String>::new(), "a refused lab left something behind");
+    }
+}
+
+/// The kernel probe behind `lab up` and `lab features` finds what the running kernel has: on
+/// the kernels the suite runs on, everything, and TCX exactly from 6.6 (told by `uname`, not by
+/// the probe under test).
+#[test]
+fn the_kernel_probe_finds_what_this_kernel_has() {
+    use lab::datapath::features::{Status, probe_all};
+    common::require_root();
+    let report = probe_all();
+    assert_eq!(report.results.len(), lab::datapath::features::FEATURES.len());
+    for (feature, status) in &report.results {
+        let present = feature.name != "TCX links" || common::kernel_at_least(6, 6);
+        assert_eq!(*status == Status::Present, present, "{} on {}: {status:?}", feature.name, report.kernel);
+    }
 }
 
 /// A pod sending from an address not its own is dropped by its own program with reason 132
@@ -147,11 +178,14 @@ fn removing_an_allow_cuts_a_live_connection_whose_replies_were_never_looked_up()
     let client = plan.pods.iter().position(|p| p.id() == "y/a").unwrap();
     let client_ns = lab::net::netns::open(&plan.pods[client].netns).unwrap();
     let mut stream = lab::net::netns::run_in(&client_ns, || {
-        std::net::TcpStream::connect_timeout(&(plan.pods[server].ip, 80).into(), std::time::Duration::from_secs(2))
+        std::net::TcpStream::connect_timeout(
+            &(plan.pods[server].ip, 80).into(),
+            lab::probe::scaled(std::time::Duration::from_secs(2)),
+        )
     })
     .unwrap()
     .expect("y/a may connect to x/a on TCP/80");
-    stream.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    stream.set_read_timeout(Some(lab::probe::scaled(std::time::Duration::from_millis(500)))).unwrap();
     let mut echo = [0u8; 5];
     stream.write_all(b"hello").unwrap();
     stream.read_exact(&mut echo).expect("the echo (a reply) reaches y/a although its ingress denies all");
@@ -201,7 +235,7 @@ fn cidr_rules_with_except_select_external_addresses() {
             &netns,
             ip.parse().unwrap(),
             lab::probe::Kind::Tcp(443),
-            std::time::Duration::from_millis(400),
+            lab::probe::scaled(std::time::Duration::from_millis(400)),
         ))
     };
     assert_eq!(probe("203.0.113.20"), lab::probe::Outcome::Connected, "inside the CIDR");

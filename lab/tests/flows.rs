@@ -18,7 +18,7 @@ fn pod<'a>(plan: &'a Plan, id: &str) -> &'a PodPlan {
 fn probe(plan: &Plan, from: &str, to: &str, kind: Kind) -> Outcome {
     let netns = lab::net::netns::open(&pod(plan, from).netns).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(lab::probe::probe(&netns, pod(plan, to).ip, kind, Duration::from_millis(500)))
+    runtime.block_on(lab::probe::probe(&netns, pod(plan, to).ip, kind, lab::probe::scaled(Duration::from_millis(500))))
 }
 
 /// Every flow the agent recorded, as JSON (the `flow` of each line).
@@ -30,7 +30,7 @@ fn flows(lab: &str) -> Vec<Value> {
 /// Waits until a flow from `from` to `to` on TCP `port` matches `wanted`, and returns it.
 fn flow_where(lab: &str, plan: &Plan, from: &str, to: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let (source, destination) = (pod(plan, from).ip.to_string(), pod(plan, to).ip.to_string());
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + lab::probe::scaled(Duration::from_secs(3));
     loop {
         let found = flows(lab).into_iter().find(|f| {
             f["IP"]["source"] == source.as_str() && f["IP"]["destination"] == destination.as_str() && wanted(f)
@@ -163,7 +163,7 @@ fn drop_counters_agree_with_drop_flows() {
         }
         by_reason
     };
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + lab::probe::scaled(Duration::from_secs(3));
     while flowed() != counted() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -186,9 +186,14 @@ fn nodes_and_the_world_have_reserved_identities() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for (netns, expected) in [(&own_node.netns, 1), (&other_node.netns, 6), (&external.netns, 2)] {
         let file = lab::net::netns::open(netns).unwrap();
-        let outcome = runtime.block_on(lab::probe::probe(&file, x_a.ip, Kind::Tcp(80), Duration::from_millis(300)));
+        let outcome = runtime.block_on(lab::probe::probe(
+            &file,
+            x_a.ip,
+            Kind::Tcp(80),
+            lab::probe::scaled(Duration::from_millis(300)),
+        ));
         assert_eq!(outcome, Outcome::Timeout, "x/a does not accept {netns}");
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + lab::probe::scaled(Duration::from_secs(3));
         while !flows(&lab.name).iter().any(|f| is(f, 1, Some(133)) && f["source"]["identity"] == expected) {
             assert!(
                 Instant::now() < deadline,

@@ -13,7 +13,12 @@ fn probe(plan: &lab::plan::Plan, from: &str, to: &str) -> Outcome {
     let pod = |id: &str| plan.pods.iter().find(|p| p.id() == id).unwrap();
     let netns = lab::net::netns::open(&pod(from).netns).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(lab::probe::probe(&netns, pod(to).ip, Kind::Tcp(80), Duration::from_millis(400)))
+    runtime.block_on(lab::probe::probe(
+        &netns,
+        pod(to).ip,
+        Kind::Tcp(80),
+        lab::probe::scaled(Duration::from_millis(400)),
+    ))
 }
 
 const ALLOW_X_B: &str = "
@@ -98,7 +103,7 @@ fn the_agent_survives_a_reload_signal_right_after_up() {
     let loaded = lab::topology::load_file(&topology("datapath/policy-basics.yaml")).unwrap();
     let plan = lab::cmd::up::create(&loaded, &name).unwrap();
     lab::agent::reload(&name);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(lab::probe::scaled(Duration::from_millis(300)));
     assert!(common::remains_of(&name).iter().any(|r| r.starts_with("agent process")), "the agent died of SIGHUP");
     assert_eq!(probe(&plan, "y/a", "x/a"), Outcome::Connected, "and it still serves");
 }

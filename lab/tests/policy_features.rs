@@ -56,7 +56,7 @@ fn probe_all(probes: &[(&Peer, &Peer, Kind)]) -> Vec<Outcome> {
     let mut outcomes: Vec<(usize, Outcome)> = runtime.block_on(
         futures::stream::iter(opened.iter().enumerate())
             .map(|(i, (netns, ip, kind))| async move {
-                (i, lab::probe::probe(netns, *ip, *kind, Duration::from_millis(500)).await)
+                (i, lab::probe::probe(netns, *ip, *kind, lab::probe::scaled(Duration::from_millis(500))).await)
             })
             .buffer_unordered(64)
             .collect(),
@@ -112,7 +112,7 @@ fn is_drop_of(flow: &Value, from: Ipv4Addr, to: Ipv4Addr, kind: Kind) -> bool {
 
 /// The drop flows of packets from `from` to `to` of `kind`, waiting up to 3 s for the first.
 fn drop_flows(lab: &str, from: &Peer, to: &Peer, kind: Kind) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + lab::probe::scaled(Duration::from_secs(3));
     loop {
         let found: Vec<Value> = flows(lab).into_iter().filter(|f| is_drop_of(f, from.ip, to.ip, kind)).collect();
         if !found.is_empty() || Instant::now() > deadline {

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod bench;
 pub mod down;
 pub mod exec;
+pub mod features;
 pub mod ls;
 pub mod metrics;
 pub mod observe;

@@ -55,6 +55,8 @@ pub fn create(loaded: &Loaded, name: &str) -> Result<Plan> {
     for warning in compiled.warnings.iter().chain(&services.warnings) {
         ui::warning(warning);
     }
+    // So is the kernel: one that lacks something the lab needs is named before anything exists.
+    datapath::features::check(&plan)?;
     let lab = LabDir::create(name)?;
     // The record comes first: whatever happens next, `lab down` knows every name to remove.
     let recorded = lab

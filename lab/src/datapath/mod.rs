@@ -2,6 +2,7 @@
 //! aya, and the maps userspace keeps for them.
 
 pub mod abi;
+pub mod features;
 pub mod lb;
 pub mod loader;
 pub mod maps;

@@ -34,6 +34,14 @@ pub fn require_root() {
     );
 }
 
+/// Whether the running kernel's release is at least MAJOR.MINOR (from `uname -r`, not from the
+/// lab's own probes, which the tests check).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = nix::sys::utsname::uname().expect("uname").release().to_string_lossy().into_owned();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// A lab name no other test (or concurrent test run) uses.
 pub fn unique_name(what: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -153,7 +161,7 @@ pub fn probe_every_pair(plan: &Plan) -> (usize, Vec<Failure>) {
     let failures = runtime.block_on(
         futures::stream::iter(probes)
             .map(|(from, netns, to, ip, kind)| async move {
-                let outcome = probe(&netns, ip, kind, Duration::from_secs(3)).await;
+                let outcome = probe(&netns, ip, kind, lab::probe::scaled(Duration::from_secs(3))).await;
                 (outcome != Outcome::Connected).then_some(Failure { from, to, kind, outcome })
             })
             .buffer_unordered(32)
@@ -172,7 +180,7 @@ pub fn links_in(netns: &std::fs::File) -> Vec<String> {
 /// node namespace empties only once the kernel has freed the fabric and every pod namespace on
 /// the other ends: nothing of the lab holds them any more.
 pub fn assert_links_vanish(node_netns: &std::fs::File) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + lab::probe::scaled(std::time::Duration::from_secs(10));
     loop {
         let links = links_in(node_netns);
         if links == ["lo"] {
@@ -216,7 +224,7 @@ pub fn send_raw_udp(
 /// A UDP socket listening inside `netns` on `port`, with a short receive timeout.
 pub fn udp_listener(netns: &std::fs::File, port: u16) -> std::net::UdpSocket {
     let socket = lab::net::netns::run_in(netns, || std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap().unwrap();
-    socket.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    socket.set_read_timeout(Some(lab::probe::scaled(std::time::Duration::from_millis(300)))).unwrap();
     socket
 }
 
@@ -233,7 +241,7 @@ pub fn dropped(lab: &str, reason: u8) -> u64 {
 /// Probes every pod to every pod on `kind` and renders the netpol-style `.`/`X` truth table.
 pub fn probed_matrix(plan: &Plan, kind: lab::probe::Kind) -> String {
     let pods: Vec<&lab::plan::PodPlan> = plan.pods.iter().collect();
-    lab::probe::matrix(&pods, kind, std::time::Duration::from_millis(500)).unwrap()
+    lab::probe::matrix(&pods, kind, lab::probe::scaled(std::time::Duration::from_millis(500))).unwrap()
 }
 
 /// Every flow the agent recorded (the `flow` of each line of /run/lab/<lab>/flows.jsonl).
