@@ -207,11 +207,14 @@ struct lb4_service {
 	__u16 terminating; /* slot 0: the backends after the active ones */
 };
 
+#define BE_STATE_ACTIVE 0
+#define BE_STATE_TERMINATING 1
+
 struct lb4_backend {
 	__u32 address; /* network order */
 	__u16 port; /* network order */
 	__u8 proto;
-	__u8 pad;
+	__u8 state; /* BE_STATE_*: a terminating backend gets no new connection, affinity included */
 };
 
 struct lb4_reverse_nat {

@@ -77,17 +77,12 @@ static __always_inline __u32 lb4_slot(const struct packet *p, __u16 slot)
 	return entry ? entry->backend_id : 0;
 }
 
-/* Whether backend `id` is among the frontend's active ones (slots 1..count). */
-static __always_inline bool lb4_is_active(const struct packet *p, const struct lb4_service *svc, __u32 id)
+/* Whether backend `id` may take new connections. */
+static __always_inline bool lb4_is_active(__u32 id)
 {
-	/* Bounded for the verifier; userspace keeps services within it. */
-	for (__u16 slot = 1; slot <= 256; slot++) {
-		if (slot > svc->count)
-			return false;
-		if (lb4_slot(p, slot) == id)
-			return true;
-	}
-	return false;
+	struct lb4_backend *backend = bpf_map_lookup_elem(&lab_lb4_backends, &id);
+
+	return backend && backend->state == BE_STATE_ACTIVE;
 }
 
 /* A hash of the connection's tuple for Maglev (murmur3's finaliser over its words): the same
@@ -126,7 +121,7 @@ static __always_inline __u32 lb4_select(const struct packet *p, const struct lb4
 	if (svc->flags & LB4_F_AFFINITY) {
 		remembered = bpf_map_lookup_elem(&lab_lb4_affinity, &key);
 		if (remembered && remembered->last_used + (__u64)svc->backend_id * SECONDS > now &&
-		    lb4_is_active(p, svc, remembered->backend_id)) {
+		    lb4_is_active(remembered->backend_id)) {
 			remembered->last_used = now;
 			return remembered->backend_id;
 		}

@@ -241,8 +241,12 @@ pub struct Lb4Backend {
     /// Network order.
     pub port: u16,
     pub proto: u8,
-    pub pad: u8,
+    /// `BE_STATE_*`.
+    pub state: u8,
 }
+
+pub const BE_STATE_ACTIVE: u8 = 0;
+pub const BE_STATE_TERMINATING: u8 = 1;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -426,7 +430,7 @@ mod layout {
         );
         check!(structs, "lb4_key", Lb4Key, [address, dport, backend_slot, proto, pad]);
         check!(structs, "lb4_service", Lb4Service, [backend_id, count, rev_nat_index, flags, pad, terminating]);
-        check!(structs, "lb4_backend", Lb4Backend, [address, port, proto, pad]);
+        check!(structs, "lb4_backend", Lb4Backend, [address, port, proto, state]);
         check!(structs, "lb4_reverse_nat", Lb4ReverseNat, [address, port, pad]);
         check!(structs, "lb4_affinity_key", Lb4AffinityKey, [client, rev_nat_index, pad]);
         check!(structs, "lb4_affinity", Lb4Affinity, [last_used, backend_id, pad]);

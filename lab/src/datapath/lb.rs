@@ -11,7 +11,8 @@ use aya::Pod;
 use aya::maps::{HashMap, Map};
 
 use super::abi::{
-    LB4_F_AFFINITY, LB4_F_MAGLEV, LB4_F_NODEPORT, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, MAGLEV_SIZE, MaglevKey,
+    BE_STATE_ACTIVE, BE_STATE_TERMINATING, LB4_F_AFFINITY, LB4_F_MAGLEV, LB4_F_NODEPORT, Lb4Backend, Lb4Key,
+    Lb4ReverseNat, Lb4Service, MAGLEV_SIZE, MaglevKey,
 };
 use super::maps::{ipv4, open};
 use super::pins;
@@ -50,9 +51,19 @@ pub fn lb_maps(services: &Services, plan: &Plan, node: usize) -> LbMaps {
         plan.pods.iter().filter(|p| p.node == node).map(|p| p.ip).collect();
     let node_ip = plan.nodes[node].ip.addr();
     let mut maps = LbMaps::default();
+    // A backend is active if any frontend has it ready (Kubernetes' conditions are per slice).
+    let active: std::collections::BTreeSet<(std::net::Ipv4Addr, u16)> = services
+        .services
+        .iter()
+        .flat_map(|s| &s.frontends)
+        .flat_map(|f| &f.backends)
+        .filter(|b| b.state == BackendState::Active)
+        .map(|b| (b.address, b.port))
+        .collect();
     for ((address, port, protocol), id) in &ids {
+        let state = if active.contains(&(*address, *port)) { BE_STATE_ACTIVE } else { BE_STATE_TERMINATING };
         let backend =
-            Lb4Backend { address: ipv4(*address), port: port.to_be(), proto: protocol_number(*protocol), pad: 0 };
+            Lb4Backend { address: ipv4(*address), port: port.to_be(), proto: protocol_number(*protocol), state };
         maps.backends.insert(*id, backend);
     }
     let maglev = plan.load_balancer_algorithm == LoadBalancerAlgorithm::Maglev;
