@@ -39,7 +39,9 @@
 //! in the background, for seconds at 250,000 rules, and a reversed round would put BPF's largest
 //! count right after the largest removal (three runs measured it 0.41-0.94 of BPF at 10 in every
 //! such round, 0.45-2.31 in the others). Here only the 58-rule table is removed before BPF runs;
-//! the large ones before smaller iptables runs, after a longer quiet ([`settle`]). Rules live in the lab's node namespace and go with it:
+//! the large ones before smaller iptables runs, after a longer quiet ([`settle`]). The first run
+//! after a change of translation is a [`WARM_UP`], not counted: BPF's first count is not the
+//! one that pays for programs just attached again. Rules live in the lab's node namespace and go with it:
 //! the lab is recorded and removed as the other benchmarks' labs are, however the run ends.
 
 use std::fs::File;
@@ -88,6 +90,8 @@ const CLIENT: usize = 0;
 const SERVER: usize = 1;
 /// kube-proxy's masquerade mark (`--iptables-masquerade-bit` 14).
 const MASQUERADE_MARK: &str = "0x4000";
+/// An uncounted run after every change of translation, before the first counted one.
+pub const WARM_UP: Duration = Duration::from_secs(1);
 /// How long the lab is left alone after its maps or rules changed, before the next run.
 pub const SETTLE: Duration = Duration::from_secs(2);
 /// The least share of an iptables run's connections the measured service's DNAT rule must count.
@@ -228,6 +232,7 @@ impl ServicesResult {
             self.counts.iter().map(|n| json!({"services": n, "iptablesVsBpf": self.iptables_vs_bpf(*n)})).collect();
         json!({
             "seconds": self.seconds.as_secs_f64(), "rounds": ROUNDS, "settleSeconds": SETTLE.as_secs_f64(),
+            "warmUpSeconds": WARM_UP.as_secs_f64(),
             "iptables": self.iptables,
             "frontend": self.frontend.to_string(), "backend": self.backend.to_string(),
             "measuredService": format!("{NAMESPACE}/{MEASURED}"),
@@ -350,9 +355,15 @@ pub fn run(counts: &[usize], seconds: Duration, mut progress: impl FnMut(Progres
     for round in 0..ROUNDS {
         for setup in round_order(&counts) {
             let at = rows.iter().position(|row| row.setup == setup).expect("every setup has a row");
+            let translation_changed = bench.current.map(|s| s.translation) != Some(setup.translation);
             if let Some(took) = bench.switch_to(setup)? {
                 rows[at].loads.push(took);
                 progress(Progress::Loaded { setup, took });
+            }
+            if translation_changed {
+                // Whatever the first connections after a change of translation pay (programs
+                // just attached, conntrack of the node just unhooked), no counted run pays it.
+                bench.measure(frontend, WARM_UP, &mut CpuLoad::default())?;
             }
             let rate = bench.measure(frontend, seconds, &mut loads[at])?;
             rows[at].rates.push(rate);

@@ -636,7 +636,7 @@ fn print_services_table(result: &ServicesResult, verdicts: &[Verdict]) {
     let text = [
         format!(
             "Medians of {} rounds of {} s runs, on {} cores: each round measures every setup once, a translation's runs \
-             at every count back to back, in the same order every round (BPF from fewest to most services, then iptables from most to fewest), {} s of quiet after every change of maps or rules before the next run (and 40 µs more per rule removed). A run: from the client pod, connect to \
+             at every count back to back, in the same order every round (BPF from fewest to most services, then iptables from most to fewest), {} s of quiet after every change of maps or rules before the next run (and 40 µs more per rule removed), and an uncounted {} s run after every change of translation. A run: from the client pod, connect to \
              the ClusterIP {} (`{}/{}`, one backend, the server pod's {}), send 1 byte, read the 1-byte answer, \
              close with a reset (SO_LINGER 0, so no TIME_WAIT), over and over (TCP_CRR); client thread on the first \
              core, server thread on the second, both pods on one node. {} services defined: the measured one and \
@@ -645,6 +645,7 @@ fn print_services_table(result: &ServicesResult, verdicts: &[Verdict]) {
             result.seconds.as_secs(),
             cores(),
             services_bench::SETTLE.as_secs(),
+            services_bench::WARM_UP.as_secs(),
             result.frontend,
             "default",
             services_bench::MEASURED,
