@@ -617,6 +617,17 @@ fn print_services_table(result: &ServicesResult, verdicts: &[Verdict]) {
             .collect::<Vec<_>>()
             .join("; ")
     };
+    let by_round = |translation: Translation| -> String {
+        result.counts[1..]
+            .iter()
+            .map(|&n| {
+                let ratios = result.vs_fewest_by_round(result.row(translation, n));
+                let ratios: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                format!("{}: {}", thousands(n), ratios.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     let loads: Vec<String> = result
         .rows
         .iter()
@@ -625,7 +636,7 @@ fn print_services_table(result: &ServicesResult, verdicts: &[Verdict]) {
     let text = [
         format!(
             "Medians of {} rounds of {} s runs, on {} cores: each round measures every setup once, a translation's runs \
-             at every count back to back, the order reversed every round. A run: from the client pod, connect to \
+             at every count back to back, in the same order every round (BPF from fewest to most services, then iptables from most to fewest), {} s of quiet after every change of maps or rules before the next run (and 40 µs more per rule removed), and an uncounted {} s run after every change of translation. A run: from the client pod, connect to \
              the ClusterIP {} (`{}/{}`, one backend, the server pod's {}), send 1 byte, read the 1-byte answer, \
              close with a reset (SO_LINGER 0, so no TIME_WAIT), over and over (TCP_CRR); client thread on the first \
              core, server thread on the second, both pods on one node. {} services defined: the measured one and \
@@ -633,6 +644,8 @@ fn print_services_table(result: &ServicesResult, verdicts: &[Verdict]) {
             services_bench::ROUNDS,
             result.seconds.as_secs(),
             cores(),
+            services_bench::SETTLE.as_secs(),
+            services_bench::WARM_UP.as_secs(),
             result.frontend,
             "default",
             services_bench::MEASURED,
@@ -660,6 +673,11 @@ fn print_services_table(result: &ServicesResult, verdicts: &[Verdict]) {
             "Runs (connections/s). BPF: {}. iptables: {}.",
             samples(Translation::Bpf),
             samples(Translation::Iptables)
+        ),
+        format!(
+            "Ratios vs {fewest} by round. BPF: {}. iptables: {}.",
+            by_round(Translation::Bpf),
+            by_round(Translation::Iptables)
         ),
         format!("Cores other processes kept busy during the runs: {}.", loads.join("; ")),
     ];
