@@ -133,6 +133,7 @@ fn write(old: &Plan, plan: &Plan, compiled: &Compiled, services: &Services) -> R
     applied.relabelled = plan.pods.iter().zip(&old.pods).filter(|(new, old)| new.identity != old.identity).count();
     maps::fill_nodes(plan, &compiled.cidr_identities, |pod| compiled.endpoints[pod].flags())?;
     datapath::lb::sync(plan, services)?;
+    crate::realise::announce(plan, services)?;
     Ok(applied)
 }
 

@@ -1,7 +1,7 @@
 //! Turns a [`Plan`] into namespaces, veths, addresses, routes and neighbours, and removes them
 //! again. Nothing here touches the root namespace: every veth end is born in its own namespace.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::Ipv4Addr;
 
@@ -13,6 +13,7 @@ use ipnet::Ipv4Net;
 use crate::net::netlink::{LOOPBACK, Netlink, Route, VethEnd, Vxlan};
 use crate::net::{netns, sysctl};
 use crate::plan::{self, ExternalPlan, NodePlan, Plan, PodPlan, UPLINK_NAME, VXLAN_NAME, ifindex};
+use crate::services::Services;
 use crate::state::LabDir;
 use crate::topology::RoutingMode;
 
@@ -251,6 +252,26 @@ async fn build_external(plan: &Plan, external: &ExternalPlan, fabric: &Netlink, 
     })
     .await
     .with_context(|| format!("external {}", external.name))
+}
+
+/// Routes every LoadBalancer address and external IP in the fabric to the node that announces
+/// it ([`Services::announcements`]), as `proto bgp` routes, and removes the routes of addresses
+/// no longer announced: the fabric plays the network a BGP speaker or L2 announcements would
+/// teach. On a thread of its own, so callers inside an async runtime may use it too.
+pub fn announce(plan: &Plan, services: &Services) -> Result<()> {
+    let wanted: BTreeMap<Ipv4Addr, Ipv4Addr> =
+        services.announcements(plan).into_iter().map(|(address, node)| (address, plan.nodes[node].ip.addr())).collect();
+    let fabric = netns::open(&plan.fabric.netns).with_context(|| format!("opening {}", plan.fabric.netns))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async { Netlink::connect_in(&fabric)?.sync_announced(ifindex::BRIDGE, &wanted).await })
+            })
+            .join()
+            .expect("announcing does not panic")
+    })
+    .context("announcing LoadBalancer addresses and external IPs in the fabric")
 }
 
 /// What teardown removed.
