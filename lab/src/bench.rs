@@ -177,6 +177,7 @@ pub fn synthetic_topology(name: &str, pods: usize, nodes: usize) -> Topology {
                 service_account: "default".to_string(),
                 ports: Vec::new(),
                 ip: None,
+                managed: true,
             })
             .collect(),
         externals: Vec::new(),

@@ -1006,7 +1006,8 @@ impl FlowContext {
         let labels = self.labels.get(&identity).cloned().unwrap_or_default();
         let mut endpoint = Endpoint { identity, ..Endpoint::default() };
         if let Some(pod) = pod {
-            if pod.node_id == node_id {
+            // An unmanaged pod is no endpoint of its node.
+            if pod.node_id == node_id && pod.identity != abi::identity::UNMANAGED {
                 endpoint.id = u32::from(pod.endpoint_id);
             }
             endpoint.namespace = pod.namespace.clone();

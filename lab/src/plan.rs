@@ -116,6 +116,8 @@ pub struct PodPlan {
     pub labels: Labels,
     pub service_account: String,
     pub ports: Vec<Port>,
+    /// Whether the datapath is attached to the pod's veth (see [`crate::topology::Pod::managed`]).
+    pub managed: bool,
 }
 
 impl PodPlan {
@@ -348,7 +350,9 @@ impl Plan {
             .iter()
             .map(|p| identity::pod_labels(&p.namespace, &namespace_labels(&p.namespace), &p.labels, &p.service_account))
             .collect();
-        let numbers = identity::allocate(labels.iter().map(|l| filter.relevant(l)));
+        let managed = |i: usize| topology.pods[i].managed;
+        let numbers =
+            identity::allocate(labels.iter().enumerate().filter(|(i, _)| managed(*i)).map(|(_, l)| filter.relevant(l)));
         let mut identities = identity::reserved_identities();
         identities.extend(numbers.iter().map(|(set, number)| (*number, set.clone())));
         let mut ports_on_node = vec![0u32; nodes.len()];
@@ -361,7 +365,11 @@ impl Plan {
             .enumerate()
             .map(|(i, (((pod, ip), node), labels))| PodPlan {
                 endpoint_id: endpoint_ids[i],
-                identity: numbers[&filter.relevant(&labels)],
+                identity: if pod.managed {
+                    numbers[&filter.relevant(&labels)]
+                } else {
+                    crate::datapath::abi::identity::UNMANAGED
+                },
                 host_ifindex: {
                     ports_on_node[node] += 1;
                     ifindex::FIRST_PORT + ports_on_node[node] - 1
@@ -377,6 +385,7 @@ impl Plan {
                 labels,
                 service_account: pod.service_account.clone(),
                 ports: pod.ports.clone(),
+                managed: pod.managed,
             })
             .collect();
 

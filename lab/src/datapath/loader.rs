@@ -84,8 +84,9 @@ pub fn attach(plan: &Plan) -> Result<()> {
             node.attach(&mut host, "to_overlay", VXLAN_NAME, TcAttachType::Egress)?;
         }
     }
-    let all: Vec<usize> = (0..plan.pods.len()).collect();
-    attach_pods_with(&mut loader, &constants, &nodes, plan, &all)
+    // An unmanaged pod started before the datapath: its veth stays bare.
+    let managed: Vec<usize> = (0..plan.pods.len()).filter(|&i| plan.pods[i].managed).collect();
+    attach_pods_with(&mut loader, &constants, &nodes, plan, &managed)
 }
 
 /// Loads a fresh copy of the pod datapath for each of `pods` (indices into `plan.pods`) and

@@ -46,10 +46,11 @@ pub fn ipcache(plan: &Plan, node: usize, cidrs: &BTreeMap<Ipv4Net, u32>) -> BTre
 }
 
 /// The endpoints of node `node` by address, with their enforcement flags (`flags` of an index
-/// into [`super::endpoints`]): its pods, and its host endpoint at each of the node's addresses.
+/// into [`super::endpoints`]): its managed pods, and its host endpoint at each of the node's
+/// addresses.
 pub fn endpoints(plan: &Plan, node: usize, flags: impl Fn(usize) -> u32) -> BTreeMap<Ipv4Addr, EndpointInfo> {
     let node_id = plan.nodes[node].id;
-    let pods = plan.pods.iter().enumerate().filter(|(_, pod)| pod.node == node).map(|(i, pod)| {
+    let pods = plan.pods.iter().enumerate().filter(|(_, pod)| pod.node == node && pod.managed).map(|(i, pod)| {
         let info = EndpointInfo {
             ifindex: pod.host_ifindex,
             endpoint_id: pod.endpoint_id,
@@ -172,8 +173,12 @@ fn policy_entries(map: &LpmTrie<MapData, [u8; 8], PolicyEntry>) -> Result<BTreeM
 
 /// Makes the policy map of endpoint `endpoint` (see [`policy_pin`]) hold exactly `entries`: new
 /// and changed entries are written, entries no longer wanted removed, unchanged ones (and their
-/// counters) kept. Whether anything was written or removed.
+/// counters) kept. Whether anything was written or removed. An unmanaged pod has no policy map:
+/// nothing enforces its policy.
 pub fn sync_policy(plan: &Plan, endpoint: usize, entries: &BTreeMap<PolicyKey, PolicyEntry>) -> Result<bool> {
+    if plan.pods.get(endpoint).is_some_and(|pod| !pod.managed) {
+        return Ok(false);
+    }
     let mut map = policy_map(plan, endpoint)?;
     let present = policy_entries(&map)?;
     let mut changed = false;

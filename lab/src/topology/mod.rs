@@ -274,9 +274,17 @@ pub struct Pod {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub ip: Option<Ipv4Addr>,
+    /// `false`: the pod started before the datapath was attached to its node (Cilium's
+    /// unmanaged pods): its veth has no programs, so none of its policies are enforced, and
+    /// everyone else sees it as identity `unmanaged`, whatever its labels.
+    #[serde(default = "Pod::default_managed")]
+    pub managed: bool,
 }
 
 impl Pod {
+    fn default_managed() -> bool {
+        true
+    }
     fn default_namespace() -> String {
         "default".to_string()
     }
