@@ -93,6 +93,33 @@ pub struct NodePlan {
     /// The labels of the node's host endpoint, Cilium style: the node's, and `reserved:host`.
     pub labels: Labels,
     pub ports: Vec<Port>,
+    /// Its interfaces on the fabric besides `eth0`.
+    pub uplinks: Vec<UplinkPlan>,
+    /// Its own routes: destination, gateway, interface index.
+    pub routes: Vec<(Ipv4Net, Ipv4Addr, u32)>,
+}
+
+impl NodePlan {
+    /// Every address the node has: its uplinks' and its router IP.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        let mut addresses = vec![self.ip.addr(), self.router_ip];
+        addresses.extend(self.uplinks.iter().map(|u| u.address.addr()));
+        addresses
+    }
+}
+
+/// A node's extra interface on the fabric (see [`crate::topology::Uplink`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkPlan {
+    pub name: String,
+    pub index: u32,
+    pub address: Ipv4Net,
+    pub mac: Mac,
+    /// The fabric's address in the uplink's subnet.
+    pub gateway: Ipv4Addr,
+    pub fabric_port: String,
+    pub fabric_port_index: u32,
+    pub fabric_port_mac: Mac,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,7 +335,7 @@ impl Plan {
         let mut node_ips = cluster.node_cidr.hosts();
         let fabric_gateway = node_ips.next().expect("validated size");
 
-        let nodes: Vec<NodePlan> = topology
+        let mut nodes: Vec<NodePlan> = topology
             .nodes
             .iter()
             .zip(&cidrs)
@@ -331,6 +358,8 @@ impl Plan {
                     sysctls: node.sysctls.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
                     labels: crate::identity::host_labels(&node.name, &node.labels),
                     ports: node.ports.clone(),
+                    uplinks: Vec::new(),
+                    routes: Vec::new(),
                 }
             })
             .collect();
@@ -409,9 +438,40 @@ impl Plan {
             })
             .collect();
 
+        // Extra uplinks take the fabric's ports after the externals'.
+        let mut next_port = ifindex::FIRST_PORT + (nodes.len() + externals.len()) as u32;
+        for (node, planned) in topology.nodes.iter().zip(nodes.iter_mut()) {
+            for (k, uplink) in node.uplinks.iter().enumerate() {
+                let ip = uplink.address.addr();
+                planned.uplinks.push(UplinkPlan {
+                    name: uplink.name.clone(),
+                    index: ifindex::VXLAN + 1 + k as u32,
+                    address: uplink.address,
+                    mac: Mac::for_ip(role::NODE_UPLINK, ip),
+                    gateway: external_gateway(&uplink.address),
+                    fabric_port: format!("{}-{}", node.name, uplink.name),
+                    fabric_port_index: next_port,
+                    fabric_port_mac: Mac::for_ip(role::FABRIC_PORT, ip),
+                });
+                next_port += 1;
+            }
+            planned.routes = node
+                .routes
+                .iter()
+                .map(|route| match planned.uplinks.iter().find(|u| u.name == route.via) {
+                    Some(uplink) => (route.to, uplink.gateway, uplink.index),
+                    None => (route.to, planned.gateway, ifindex::UPLINK),
+                })
+                .collect();
+        }
+
         let mut addresses = vec![Ipv4Net::new(fabric_gateway, cluster.node_cidr.prefix_len()).expect("valid prefix")];
-        for external in &externals {
-            let router = Ipv4Net::new(external.gateway, external.address.prefix_len()).expect("valid prefix");
+        let routers = externals
+            .iter()
+            .map(|e| (e.gateway, e.address))
+            .chain(nodes.iter().flat_map(|n| n.uplinks.iter().map(|u| (u.gateway, u.address))));
+        for (gateway, subnet) in routers {
+            let router = Ipv4Net::new(gateway, subnet.prefix_len()).expect("valid prefix");
             if !addresses.contains(&router) {
                 addresses.push(router);
             }

@@ -84,8 +84,8 @@ pub async fn build(plan: &Plan, progress: &ProgressBar) -> Result<()> {
     Ok(())
 }
 
-/// Creates every namespace of the plan, with IPv6 off and ping sockets allowed, on blocking
-/// threads.
+/// Creates every namespace of the plan, with IPv6 and reverse path filtering off and ping
+/// sockets allowed, on blocking threads.
 async fn create_namespaces(plan: &Plan, progress: &ProgressBar) -> Result<HashMap<String, File>> {
     stream::iter(plan.netns_names())
         .map(|name| {
@@ -93,7 +93,11 @@ async fn create_namespaces(plan: &Plan, progress: &ProgressBar) -> Result<HashMa
             let progress = progress.clone();
             tokio::task::spawn_blocking(move || {
                 let file = netns::create(&name)?;
-                netns::run_in(&file, || sysctl::disable_ipv6().and_then(|()| sysctl::allow_ping_sockets()))??;
+                netns::run_in(&file, || -> std::io::Result<()> {
+                    sysctl::disable_ipv6()?;
+                    sysctl::no_reverse_path_filter()?;
+                    sysctl::allow_ping_sockets()
+                })??;
                 progress.inc(1);
                 Ok::<_, anyhow::Error>((name, file))
             })
@@ -119,6 +123,7 @@ async fn build_node(plan: &Plan, node: &NodePlan, fabric: &Netlink, netns_file: 
             netns_file,
         )
         .await?;
+    fabric.add_fdb(node.fabric_port_index, node.uplink_mac).await?;
 
     let link = Netlink::connect_in(netns_file)?;
     link.set_up(LOOPBACK).await?;
@@ -152,6 +157,31 @@ async fn build_node(plan: &Plan, node: &NodePlan, fabric: &Netlink, netns_file: 
     }
     if plan.routing_mode == RoutingMode::Tunnel {
         build_tunnel(plan, node, &link).await?;
+    }
+    for uplink in &node.uplinks {
+        fabric
+            .add_veth(
+                VethEnd {
+                    name: &uplink.fabric_port,
+                    index: uplink.fabric_port_index,
+                    mac: uplink.fabric_port_mac,
+                    mtu: plan.mtu,
+                },
+                Some(ifindex::BRIDGE),
+                VethEnd { name: &uplink.name, index: uplink.index, mac: uplink.mac, mtu: plan.mtu },
+                netns_file,
+            )
+            .await?;
+        fabric.add_fdb(uplink.fabric_port_index, uplink.mac).await?;
+        fabric.add_neighbour(ifindex::BRIDGE, uplink.address.addr(), uplink.mac).await?;
+        link.set_up(uplink.index).await?;
+        link.add_address(uplink.index, uplink.address).await?;
+        link.add_neighbour(uplink.index, uplink.gateway, plan.fabric.bridge_mac).await?;
+    }
+    for &(destination, gateway, interface) in &node.routes {
+        link.add_route(Route { destination, gateway: Some(gateway), interface, source: None })
+            .await
+            .with_context(|| format!("node {}", node.name))?;
     }
 
     netns::run_in(netns_file, || -> std::io::Result<()> {
@@ -237,6 +267,7 @@ async fn build_external(plan: &Plan, external: &ExternalPlan, fabric: &Netlink, 
             netns_file,
         )
         .await?;
+    fabric.add_fdb(external.fabric_port_index, external.mac).await?;
     fabric.add_neighbour(ifindex::BRIDGE, external.address.addr(), external.mac).await?;
 
     let link = Netlink::connect_in(netns_file)?;

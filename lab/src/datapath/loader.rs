@@ -77,8 +77,12 @@ pub fn attach(plan: &Plan) -> Result<()> {
             .override_global("NATIVE_ROUTING_MASK", &native_routing[1], false);
         let mut host =
             loader.load(HOST_OBJECT).with_context(|| format!("loading the datapath of node {}", node.name))?;
-        node.attach(&mut host, "from_netdev", UPLINK_NAME, TcAttachType::Ingress)?;
-        node.attach(&mut host, "to_netdev", UPLINK_NAME, TcAttachType::Egress)?;
+        // Every uplink is a native device, as Cilium attaches to each.
+        let uplinks = std::iter::once(UPLINK_NAME).chain(planned.uplinks.iter().map(|u| u.name.as_str()));
+        for uplink in uplinks {
+            node.attach(&mut host, "from_netdev", uplink, TcAttachType::Ingress)?;
+            node.attach(&mut host, "to_netdev", uplink, TcAttachType::Egress)?;
+        }
         if plan.routing_mode == RoutingMode::Tunnel {
             node.attach(&mut host, "from_overlay", VXLAN_NAME, TcAttachType::Ingress)?;
             node.attach(&mut host, "to_overlay", VXLAN_NAME, TcAttachType::Egress)?;

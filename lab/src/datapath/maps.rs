@@ -34,6 +34,9 @@ pub fn ipcache(plan: &Plan, node: usize, cidrs: &BTreeMap<Ipv4Net, u32>) -> BTre
         // tunnel endpoint, as in Cilium.
         let tunnel_endpoint = if i == node { 0 } else { ipv4(n.ip.addr()) };
         entries.insert(host(n.router_ip), IpcacheEntry { identity: id, tunnel_endpoint });
+        for uplink in &n.uplinks {
+            entries.insert(host(uplink.address.addr()), IpcacheEntry { identity: id, tunnel_endpoint: 0 });
+        }
     }
     for pod in &plan.pods {
         let tunnel_endpoint = if pod.node == node { 0 } else { ipv4(plan.nodes[pod.node].ip.addr()) };
@@ -67,8 +70,7 @@ pub fn endpoints(plan: &Plan, node: usize, flags: impl Fn(usize) -> u32) -> BTre
         identity: identity::HOST,
         flags: flags(super::host_endpoint(plan, node)) | abi::ENDPOINT_F_HOST,
     };
-    let addresses = [plan.nodes[node].ip.addr(), plan.nodes[node].router_ip];
-    pods.chain(addresses.map(|address| (address, host))).collect()
+    pods.chain(plan.nodes[node].addresses().into_iter().map(|address| (address, host))).collect()
 }
 
 pub(super) fn open(path: &std::path::Path) -> Result<MapData> {

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
@@ -228,6 +229,22 @@ impl Netlink {
                 .with_context(|| format!("announcing {address} via {gateway}"))?;
         }
         Ok(())
+    }
+
+    /// A static entry in the forwarding database of the bridge that `port` belongs to: frames
+    /// to `mac` go out of `port` only. With permanent ARP entries nobody's frames teach the
+    /// bridge where a MAC lives, so without this it would flood them to every port, and every
+    /// capture on the fabric would hold other hosts' traffic.
+    pub async fn add_fdb(&self, port: u32, mac: Mac) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(port, &mac.0)
+            .state(NeighbourState::Noarp)
+            .flags(NeighbourFlags::Controller)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding {mac} to the bridge's forwarding database on interface {port}"))
     }
 
     /// A permanent ARP entry, so no ARP traffic is ever needed (or captured).

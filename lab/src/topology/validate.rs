@@ -53,6 +53,7 @@ pub fn check(topology: &Topology) -> Vec<Finding> {
     check_namespaces(&mut findings, topology);
     check_pods(&mut findings, topology);
     check_externals(&mut findings, topology);
+    check_uplinks(&mut findings, topology);
     findings.0
 }
 
@@ -347,6 +348,87 @@ fn check_ports(findings: &mut Findings, field: &str, ports: &[super::Port]) {
                 findings.error(format!("{field}[{i}].name"), format!("`{name}` is not a valid port name (IANA_SVC_NAME: at most 15 lowercase letters, digits and `-`)"));
             } else if !names.insert(name.as_str()) {
                 findings.error(format!("{field}[{i}].name"), format!("port name `{name}` is used twice"));
+            }
+        }
+    }
+}
+
+/// The most extra uplinks a node may have: their interface indices lie between the tunnel
+/// device's and the first pod's.
+const MAX_EXTRA_UPLINKS: usize = (plan::ifindex::FIRST_PORT - plan::ifindex::VXLAN - 1) as usize;
+
+fn check_uplinks(findings: &mut Findings, topology: &Topology) {
+    let cluster = &topology.cluster;
+    let taken: Vec<(String, Ipv4Net)> = [
+        ("nodeCIDR".to_string(), cluster.node_cidr),
+        ("the pod CIDR pool".to_string(), cluster.pod_cidr),
+        ("serviceCIDR".to_string(), cluster.service_cidr),
+    ]
+    .into_iter()
+    .chain(topology.nodes.iter().filter_map(|n| n.pod_cidr.map(|c| (format!("the pod CIDR of node `{}`", n.name), c))))
+    .chain(topology.externals.iter().map(|e| (format!("the subnet of external `{}`", e.name), e.address.0.trunc())))
+    .collect();
+    let mut addresses: HashMap<Ipv4Addr, String> = HashMap::new();
+    for (i, node) in topology.nodes.iter().enumerate() {
+        if node.uplinks.len() > MAX_EXTRA_UPLINKS {
+            findings.error(
+                format!("nodes[{i}].uplinks"),
+                format!("a node may have at most {MAX_EXTRA_UPLINKS} more uplinks"),
+            );
+        }
+        let mut names = HashSet::from([plan::UPLINK_NAME]);
+        for (k, uplink) in node.uplinks.iter().enumerate() {
+            let field = |f: &str| format!("nodes[{i}].uplinks[{k}].{f}");
+            check_name(findings, &field("name"), &uplink.name, "uplink name", MAX_IFNAME);
+            let port = format!("{}-{}", node.name, uplink.name);
+            if [plan::UPLINK_NAME, plan::VXLAN_NAME, "lo"].contains(&uplink.name.as_str()) {
+                findings.error(field("name"), format!("`{}` is an interface the lab makes in every node", uplink.name));
+            } else if !names.insert(uplink.name.as_str()) {
+                findings.error(field("name"), format!("node `{}` has two uplinks named `{}`", node.name, uplink.name));
+            } else if port.len() > MAX_IFNAME {
+                findings.error(
+                    field("name"),
+                    format!(
+                        "its fabric port `{port}` would be {} bytes long; Linux allows at most {MAX_IFNAME}: \
+                         choose a shorter name",
+                        port.len()
+                    ),
+                );
+            }
+            let (address, ip) = (uplink.address, uplink.address.addr());
+            if !(8..=30).contains(&address.prefix_len()) {
+                findings.error(field("address"), format!("/{} does not fit: use /8 to /30", address.prefix_len()));
+            } else if ip == address.network() || ip == address.broadcast() || ip == plan::external_gateway(&address) {
+                findings.error(
+                    field("address"),
+                    format!("{ip} is the network, broadcast or fabric's (last host) address of `{}`", address.trunc()),
+                );
+            } else if let Some((what, range)) = taken.iter().find(|(_, range)| overlaps(range, &address.trunc())) {
+                findings.error(field("address"), format!("`{}` overlaps {what} `{range}`", address.trunc()));
+            } else if let Some(owner) = addresses.insert(ip, node.name.clone()) {
+                findings.error(field("address"), format!("{ip} is already an uplink address of node `{owner}`"));
+            }
+        }
+        for (r, route) in node.routes.iter().enumerate() {
+            let field = |f: &str| format!("nodes[{i}].routes[{r}].{f}");
+            if route.to != route.to.trunc() {
+                findings.error(
+                    field("to"),
+                    format!("`{}` has host bits set; did you mean `{}`?", route.to, route.to.trunc()),
+                );
+            }
+            if !names.contains(route.via.as_str()) {
+                let mut known: Vec<&str> = names.iter().copied().collect();
+                known.sort_unstable();
+                findings.error(
+                    field("via"),
+                    format!(
+                        "node `{}` has no uplink `{}`; its uplinks are: {}",
+                        node.name,
+                        route.via,
+                        known.join(", ")
+                    ),
+                );
             }
         }
     }
