@@ -13,6 +13,7 @@ pub mod explain;
 pub mod flow;
 pub mod identity;
 pub mod live;
+pub mod load;
 pub mod net;
 pub mod plan;
 pub mod policy;
