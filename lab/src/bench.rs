@@ -181,6 +181,7 @@ pub fn synthetic_topology(name: &str, pods: usize, nodes: usize) -> Topology {
             .collect(),
         externals: Vec::new(),
         resources: Vec::new(),
+        scenario: None,
     }
 }
 

@@ -83,6 +83,33 @@ pub async fn build(plan: &Plan, progress: &ProgressBar) -> Result<()> {
     Ok(())
 }
 
+/// Builds the pods `pods` (indices into `plan.pods`) of a running lab: their namespaces, veths,
+/// routes and neighbour entries, as `lab up` builds every pod.
+pub async fn add_pods(plan: &Plan, pods: &[usize]) -> Result<()> {
+    for &index in pods {
+        let pod = &plan.pods[index];
+        let name = pod.netns.clone();
+        let file = tokio::task::spawn_blocking(move || -> Result<File> {
+            let file = netns::create(&name)?;
+            netns::run_in(&file, || sysctl::disable_ipv6().and_then(|()| sysctl::allow_ping_sockets()))??;
+            Ok(file)
+        })
+        .await
+        .context("namespace creation panicked")??;
+        let node = Netlink::connect_in(&netns::open(&plan.nodes[pod.node].netns)?)?;
+        build_pod(plan, pod, &node, &file).await?;
+    }
+    Ok(())
+}
+
+/// Removes a pod of a running lab: its veth (with the node's route and neighbour entry to it)
+/// and its namespace.
+pub async fn remove_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
+    let node = Netlink::connect_in(&netns::open(&plan.nodes[pod.node].netns)?)?;
+    node.delete_link(pod.host_ifindex).await.with_context(|| format!("removing pod {}", pod.id()))?;
+    netns::remove(&pod.netns).with_context(|| format!("removing the namespace of pod {}", pod.id()))
+}
+
 /// Creates every namespace of the plan, with IPv6 off and ping sockets allowed, on blocking
 /// threads.
 async fn create_namespaces(plan: &Plan, progress: &ProgressBar) -> Result<HashMap<String, File>> {

@@ -85,6 +85,20 @@ impl Netlink {
             .with_context(|| format!("setting interface {index} up"))
     }
 
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting interface {index} down"))
+    }
+
+    /// Removes an interface (both ends, for a veth).
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle.link().del(index).execute().await.with_context(|| format!("removing interface {index}"))
+    }
+
     /// Creates a bridge, up, with a fixed index and MAC.
     pub async fn add_bridge(&self, name: &str, index: u32, mac: Mac) -> Result<()> {
         let message = LinkBridge::new(name).index(index).address(mac.0.to_vec()).up().build();
