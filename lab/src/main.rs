@@ -105,6 +105,12 @@ enum Command {
     Apply { name: String, file: PathBuf },
     /// Delete the policies in a file from a running lab.
     Delete { name: String, file: PathBuf },
+    /// Run scenarios (topology files with a `scenario:`, scenario files) each in a fresh lab and
+    /// compare every step's verdicts, flows and packets with golden files.
+    #[command(
+        after_help = "Examples:\n  lab test topologies/\n  lab test topologies/policy --filter ports\n  lab test topologies/ --update        (write new golden files; refused when CI is set)\n  lab test topologies/ --junit report.xml"
+    )]
+    Test(cmd::test::Args),
     /// Check topology files without building anything.
     Validate {
         #[arg(required = true)]
@@ -196,6 +202,11 @@ fn main() -> ExitCode {
         }
         Command::Observe(args) => cmd::observe::run(&args),
         Command::Policy(args) => match cmd::policy::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::Test(args) => match cmd::test::run(&args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),

@@ -212,7 +212,8 @@ fn render_frame(
                     use etherparse::TcpOptionElement::*;
                     match option {
                         MaximumSegmentSize(mss) => format!("mss {mss}"),
-                        WindowScale(scale) => format!("wscale {scale}"),
+                        // The scale follows the host's memory (tcp_rmem), not the lab.
+                        WindowScale(_) => "wscale".to_string(),
                         SelectiveAcknowledgementPermitted => "sackOK".to_string(),
                         SelectiveAcknowledgement(..) => "sack".to_string(),
                         Timestamp(..) => "TS".to_string(),

@@ -39,6 +39,8 @@ const PORT_BLOCKS: u16 = (capture::EPHEMERAL_PORTS - FIRST_PROBE_PORT) / 100;
 pub const PROBE_WAIT: Duration = Duration::from_millis(800);
 /// A matrix probe's wait, as the conformance suite has always used.
 const MATRIX_WAIT: Duration = Duration::from_millis(500);
+/// A matrix probe's second chance, after no answer and no drop.
+const MATRIX_RETRY_WAIT: Duration = Duration::from_secs(2);
 /// How often the flow log is read while a probe waits.
 const FLOW_POLL: Duration = Duration::from_millis(3);
 
@@ -340,75 +342,104 @@ impl Runner {
         Ok(verdict(outcome, &seen[window..]))
     }
 
-    /// Every pod to every pod on `kind`, many at once, as a netpol truth table; a probe the
-    /// datapath drops ends at its drop.
+    /// Every pod to every pod on `kind`, many at once, as a netpol truth table. A probe the
+    /// datapath drops ends at its drop; one that got no answer otherwise is tried once more with
+    /// a longer wait (as the netpol suite retries), so a busy machine is not read as a policy.
     pub fn matrix(&self, plan: &Plan, kind: Kind) -> Result<String> {
-        use futures::StreamExt;
         let files: Vec<File> = plan.pods.iter().map(|p| netns::open(&p.netns)).collect::<Result<_, _>>()?;
         let n = plan.pods.len();
-        let dropped: Arc<Mutex<HashSet<u16>>> = Arc::default();
-        let watching = Arc::new(std::sync::atomic::AtomicBool::new(self.has_datapath()));
-        let protocol = match kind {
-            Kind::Tcp(_) => 6,
-            Kind::Udp(_) => 17,
-            Kind::Icmp => 1,
-        };
-        let wait = probe::scaled(MATRIX_WAIT);
+        let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).collect();
+        let first = self.probe_pairs(plan, &files, kind, &pairs, probe::scaled(MATRIX_WAIT))?;
+        let again: Vec<(usize, usize)> =
+            first.iter().filter(|(_, _, reached, dropped)| !reached && !dropped).map(|(a, b, ..)| (*a, *b)).collect();
+        let second = self.probe_pairs(plan, &files, kind, &again, probe::scaled(MATRIX_RETRY_WAIT))?;
+        let mut table = vec![vec!['?'; n]; n];
+        for (a, b, reached, _) in first.into_iter().chain(second) {
+            table[a][b] = if reached { '.' } else { 'X' };
+        }
+        Ok(probe::render_matrix(&plan.pods.iter().map(|p| p.id()).collect::<Vec<_>>(), &table))
+    }
+
+    /// Probes each (sender, receiver) pair of pods at once: whether it connected, and whether the
+    /// datapath dropped it.
+    fn probe_pairs(
+        &self,
+        plan: &Plan,
+        files: &[File],
+        kind: Kind,
+        pairs: &[(usize, usize)],
+        wait: Duration,
+    ) -> Result<Vec<(usize, usize, bool, bool)>> {
+        use futures::StreamExt;
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Drops of earlier probes, recorded late, must not be read as these: a pod's ephemeral
+        // port comes round again.
+        if self.has_datapath() {
+            crate::agent::request(&self.lab, crate::agent::Request::SyncFlows)?;
+        }
         let mut tail = FlowTail::at_end(LabDir::of(&self.lab).flows_path());
-        let outcomes: Vec<(usize, usize, Outcome)> = self.runtime.block_on(async {
+        let dropped: Arc<Mutex<HashSet<(Ipv4Addr, u16, Ipv4Addr)>>> = Arc::default();
+        let watching = Arc::new(std::sync::atomic::AtomicBool::new(self.has_datapath()));
+        let icmp = kind == Kind::Icmp;
+        Ok(self.runtime.block_on(async {
             let poller = {
                 let (dropped, watching) = (dropped.clone(), watching.clone());
                 tokio::spawn(async move {
                     while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                        let flows = tail.read();
-                        let ports = flows
+                        // Pods' ephemeral ports repeat from pod to pod: a client is its address
+                        // and port, towards its server.
+                        let clients: Vec<(Ipv4Addr, u16, Ipv4Addr)> = tail
+                            .read()
                             .iter()
                             .filter(|f| f.verdict == crate::flow::Verdict::Dropped)
-                            .filter_map(|f| f.ports())
-                            .flat_map(|(source, destination)| [source as u16, destination as u16]);
-                        dropped.lock().expect("not poisoned").extend(ports);
+                            .filter_map(|f| Some((f.ip.as_ref()?, f.ports()?)))
+                            .filter_map(|(ip, (source, destination))| {
+                                let (from, to): (Ipv4Addr, Ipv4Addr) = (ip.source.parse().ok()?, ip.destination.parse().ok()?);
+                                Some([(from, source as u16, to), (to, destination as u16, from)])
+                            })
+                            .flatten()
+                            .collect();
+                        dropped.lock().expect("not poisoned").extend(clients);
                         tokio::time::sleep(FLOW_POLL).await;
                     }
                 })
             };
-            let outcomes = futures::stream::iter((0..n).flat_map(|a| (0..n).map(move |b| (a, b))))
+            let outcomes = futures::stream::iter(pairs.iter().copied())
                 .map(|(a, b)| {
-                    let (file, ip, dropped) = (&files[a], plan.pods[b].ip, dropped.clone());
+                    let (file, client, server, dropped) = (&files[a], plan.pods[a].ip, plan.pods[b].ip, dropped.clone());
                     async move {
                         let port = Arc::new(Mutex::new(None));
                         let bound = {
                             let port = port.clone();
                             move |p: u16| *port.lock().expect("not poisoned") = Some(p)
                         };
-                        let attempt = Attempt { from: file, to: ip, what: What::Echo(kind), source_port: 0, keep: false };
+                        let attempt =
+                            Attempt { from: file, to: server, what: What::Echo(kind), source_port: 0, keep: false };
                         let run = probe::timed(wait, attempt.run(bound));
                         tokio::pin!(run);
-                        let outcome = loop {
+                        loop {
                             tokio::select! {
-                                (outcome, _) = &mut run => break outcome,
+                                (outcome, _) = &mut run => break (a, b, outcome == Outcome::Connected, false),
                                 _ = tokio::time::sleep(FLOW_POLL) => {
                                     let port = *port.lock().expect("not poisoned");
-                                    if protocol != 1 && port.is_some_and(|p| dropped.lock().expect("not poisoned").contains(&p)) {
-                                        break Outcome::Timeout;
+                                    let seen = |p: u16| dropped.lock().expect("not poisoned").contains(&(client, p, server));
+                                    if !icmp && port.is_some_and(seen) {
+                                        break (a, b, false, true);
                                     }
                                 }
                             }
-                        };
-                        (a, b, outcome)
+                        }
                     }
                 })
                 .buffer_unordered(96)
-                .collect()
+                .collect::<Vec<_>>()
                 .await;
             watching.store(false, std::sync::atomic::Ordering::Relaxed);
             let _ = poller.await;
             outcomes
-        });
-        let mut table = vec![vec!['?'; n]; n];
-        for (a, b, outcome) in outcomes {
-            table[a][b] = if outcome == Outcome::Connected { '.' } else { 'X' };
-        }
-        Ok(probe::render_matrix(&plan.pods.iter().map(|p| p.id()).collect::<Vec<_>>(), &table))
+        }))
     }
 }
 
