@@ -37,7 +37,7 @@ impl fmt::Display for Kind {
 pub enum Outcome {
     /// The exchange completed and the echo matched.
     Connected,
-    /// The peer refused or reset the connection.
+    /// The peer refused or reset the connection, or an ICMP error said it is unreachable.
     Reset,
     /// Nothing came back in time.
     Timeout,
@@ -59,7 +59,10 @@ impl fmt::Display for Outcome {
 /// What an I/O error says of the peer.
 pub fn outcome_of(error: io::Error) -> Outcome {
     match error.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => Outcome::Reset,
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable => Outcome::Reset,
         io::ErrorKind::TimedOut => Outcome::Timeout,
         _ => Outcome::Failed(error.to_string()),
     }

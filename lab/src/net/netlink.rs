@@ -85,6 +85,22 @@ impl Netlink {
             .with_context(|| format!("setting interface {index} up"))
     }
 
+    /// Whether the interface is operationally up (`IFF_RUNNING`): carrier on both ends and its
+    /// queue started, which the kernel does a moment after the interface is set up.
+    pub async fn is_running(&self, index: u32) -> Result<bool> {
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .with_context(|| format!("looking up interface {index}"))?
+            .with_context(|| format!("no interface {index}"))?;
+        Ok(link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Running))
+    }
+
     pub async fn set_down(&self, index: u32) -> Result<()> {
         self.handle
             .link()

@@ -3,8 +3,10 @@
 //! endian on every host) and rendered one line a packet for golden files. What the kernel does
 //! not fix is left out of the rendering or made relative, as packetdrill does: TCP sequence
 //! numbers count from each direction's first one, IP IDs, checksums and windows are not shown,
-//! ports from the kernel's ephemeral range are renumbered in order of appearance, and pure ACKs
-//! (no data, no SYN, FIN or RST), whose number and timing follow delayed-ACK timers, are left out.
+//! ports from the kernel's ephemeral range (and ICMP echo identifiers not the lab's) are
+//! renumbered in order of appearance. Left out: pure ACKs (no data, no SYN, FIN or RST), whose
+//! number and timing follow delayed-ACK timers, and what the kernel sends when it pleases or as a
+//! rate limit allows: IGMP reports and ICMP redirects.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -136,8 +138,18 @@ impl PortNumbers {
         if port < EPHEMERAL_PORTS {
             return port;
         }
+        self.renumbered(port)
+    }
+
+    /// An ICMP echo identifier: the client port of the lab's own probes, or chosen at random (by
+    /// `ping`, for one) and renumbered as an ephemeral port.
+    pub fn echo_id(&mut self, id: u16) -> u16 {
+        if (crate::scenario::FIRST_PROBE_PORT..EPHEMERAL_PORTS).contains(&id) { id } else { self.renumbered(id) }
+    }
+
+    fn renumbered(&mut self, value: u16) -> u16 {
         let next = EPHEMERAL_PORTS + self.0.len() as u16;
-        *self.0.entry(port).or_insert(next)
+        *self.0.entry(value).or_insert(next)
     }
 }
 
@@ -234,14 +246,18 @@ fn render_frame(
         Some(TransportSlice::Icmpv4(icmp)) => {
             use etherparse::Icmpv4Type::*;
             let what = match icmp.icmp_type() {
-                EchoRequest(echo) => format!("echo request id {} seq {}", echo.id, echo.seq),
-                EchoReply(echo) => format!("echo reply id {} seq {}", echo.id, echo.seq),
+                EchoRequest(echo) => format!("echo request id {} seq {}", ports.echo_id(echo.id), echo.seq),
+                EchoReply(echo) => format!("echo reply id {} seq {}", ports.echo_id(echo.id), echo.seq),
+                // Sent or not as the kernel's rate limit allows.
+                Redirect(_) => return None,
                 DestinationUnreachable(code) => format!("unreachable {code:?}"),
                 TimeExceeded(code) => format!("time exceeded {code:?}"),
                 other => format!("{other:?}"),
             };
             ip_part(format!("{source} > {destination} icmp {what} len {}", icmp.payload().len()))
         }
+        // Multicast membership reports go out when the kernel pleases.
+        _ if header.protocol() == etherparse::IpNumber::IGMP => return None,
         _ => ip_part(format!("{source} > {destination} ip protocol {}", header.protocol().0)),
     })
 }

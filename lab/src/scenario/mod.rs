@@ -32,7 +32,7 @@ use flows::FlowTail;
 
 /// Client ports of a step's probes: a block of 100 per step, placed by the step's name so that
 /// adding a step does not renumber the others' (below the kernel's ephemeral range).
-const FIRST_PROBE_PORT: u16 = 20000;
+pub const FIRST_PROBE_PORT: u16 = 20000;
 const PORT_BLOCKS: u16 = (capture::EPHEMERAL_PORTS - FIRST_PROBE_PORT) / 100;
 /// How long a probe waits for an answer by default: under TCP's first retransmission (1 s), so
 /// captures never hold a retransmitted SYN.
@@ -273,6 +273,14 @@ impl Runner {
         }
         for (targets, up) in [(&step.link_down, false), (&step.link_up, true)] {
             for target in targets {
+                if interface_of(&plan, target).is_ok_and(|(_, interface)| interface == UPLINK_NAME)
+                    && !target.ends_with(&format!("/{UPLINK_NAME}"))
+                {
+                    self.runtime.block_on(crate::realise::set_wire(&plan, target, up))?;
+                    continue;
+                }
+                // A named interface: its own state, as `ip link set` would (the kernel flushes
+                // the routes through an interface taken down).
                 let (netns_name, interface) = interface_of(&plan, target)?;
                 let file = netns::open(&netns_name)?;
                 self.runtime.block_on(async {
@@ -305,13 +313,22 @@ impl Runner {
             let (outcome, stream) =
                 self.runtime.block_on(watch_drops(watch, tail, seen, 6, client_port, wait, async move {
                     let mut stream = kept.stream;
-                    match probe::exchange(&mut stream).await {
+                    // Should the exchange fail or be cut short, the connection ends with one RST,
+                    // not a FIN behind unanswered data that the kernel would retransmit into later
+                    // steps' captures.
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    let exchanged = probe::exchange(&mut stream).await;
+                    let _ = stream.set_linger(None);
+                    match exchanged {
                         Ok(()) if close => match probe::close(stream).await {
                             Ok(()) => (Outcome::Connected, None),
                             Err(e) => (probe::outcome_of(e), None),
                         },
                         Ok(()) => (Outcome::Connected, Some(stream)),
-                        Err(e) => (probe::outcome_of(e), None),
+                        Err(e) => {
+                            let _ = stream.set_linger(Some(Duration::ZERO));
+                            (probe::outcome_of(e), None)
+                        }
                     }
                 }));
             if let Some(stream) = stream {

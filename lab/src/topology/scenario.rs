@@ -82,10 +82,12 @@ pub struct Step {
     /// `net.*` sysctls to write, by node, pod or external.
     #[serde(default)]
     pub sysctls: BTreeMap<String, BTreeMap<String, Scalar>>,
-    /// Interfaces to take down: `TARGET` (its `eth0`) or `TARGET/INTERFACE`.
+    /// Wires to cut: `TARGET`, a node's or external's port on the fabric or a pod's `lxc` on its
+    /// node (the target's `eth0` loses its carrier and keeps its routes), or an interface's own
+    /// state, `TARGET/INTERFACE`.
     #[serde(default)]
     pub link_down: Vec<String>,
-    /// Interfaces to bring up again.
+    /// Wires to mend (a pod's node gets its route to the pod back), or interfaces to bring up.
     #[serde(default)]
     pub link_up: Vec<String>,
     /// Traffic, one probe at a time, each with its expected outcome.
@@ -148,7 +150,7 @@ pub enum Expected {
     Connected,
     /// Nothing came back, and the datapath dropped the probe's packets (a `DROPPED` flow).
     Blocked,
-    /// The peer refused or reset the connection (TCP RST, ICMP port unreachable).
+    /// The peer refused or reset the connection (TCP RST, an ICMP unreachable).
     Reset,
     /// Nothing came back, and the datapath dropped nothing.
     Timeout,
