@@ -133,6 +133,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchTarget {
+    /// Wall time and probes per second of `lab test` on a folder of scenarios (the netpol
+    /// conformance suite), against the same scenarios each bringing up a lab of its own.
+    Suite {
+        #[arg(default_value = "topologies/conformance")]
+        path: PathBuf,
+        /// Labs running at once (default: one per core).
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Time bring-up and teardown of N pods, and of the same pods built by a script of `ip`
     /// commands, one process per operation (as containerlab and Mininet do it).
     Up {
@@ -228,6 +239,7 @@ fn main() -> ExitCode {
             cmd::bench::datapath(std::time::Duration::from_secs(seconds), output)
         }
         Command::Bench { target: BenchTarget::Policy { output } } => cmd::bench::policy(output),
+        Command::Bench { target: BenchTarget::Suite { path, jobs, output } } => cmd::bench::suite(&path, jobs, output),
         Command::Bench { target: BenchTarget::Services { services, seconds, output } } => {
             cmd::bench::services(&services, std::time::Duration::from_secs(seconds), output)
         }

@@ -279,13 +279,24 @@ fn load_case(file: &Path, kind: Kind, golden: Option<&Path>) -> Result<Case> {
 
 /// Runs `cases` on `jobs` labs at once; `done` sees each scenario's result as it finishes. The
 /// results come back in the cases' order.
-pub fn run_cases(cases: Vec<Case>, jobs: usize, update: bool, mut done: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+pub fn run_cases(cases: Vec<Case>, jobs: usize, update: bool, done: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+    run_cases_sharing(cases, jobs, update, true, done)
+}
+
+/// [`run_cases`], with labs shared where they can be (`share`) or a fresh lab for every case.
+pub fn run_cases_sharing(
+    cases: Vec<Case>,
+    jobs: usize,
+    update: bool,
+    share: bool,
+    mut done: impl FnMut(&CaseResult),
+) -> Vec<CaseResult> {
     // Groups that share a lab: scenario files of one topology that change only policies and
     // labels, split so every job has some; every other case alone.
     let mut groups: Vec<Vec<(usize, Case)>> = Vec::new();
     let mut shared: BTreeMap<PathBuf, Vec<(usize, Case)>> = BTreeMap::new();
     for (index, case) in cases.into_iter().enumerate() {
-        if case.shares_lab() {
+        if share && case.shares_lab() {
             shared.entry(case.topology.file.clone()).or_default().push((index, case));
         } else {
             groups.push(vec![(index, case)]);

@@ -316,9 +316,9 @@ impl Runner {
                     // Should the exchange fail or be cut short, the connection ends with one RST,
                     // not a FIN behind unanswered data that the kernel would retransmit into later
                     // steps' captures.
-                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     let exchanged = probe::exchange(&mut stream).await;
-                    let _ = stream.set_linger(None);
+                    let _ = socket2::SockRef::from(&stream).set_linger(None);
                     match exchanged {
                         Ok(()) if close => match probe::close(stream).await {
                             Ok(()) => (Outcome::Connected, None),
@@ -326,7 +326,7 @@ impl Runner {
                         },
                         Ok(()) => (Outcome::Connected, Some(stream)),
                         Err(e) => {
-                            let _ = stream.set_linger(Some(Duration::ZERO));
+                            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                             (probe::outcome_of(e), None)
                         }
                     }
