@@ -419,7 +419,7 @@ fn serve_until_stopped(name: &str, ready: Option<&mut File>, handed: Option<&str
                     let result = lab.read_plan().and_then(|plan| {
                         reconcile(&agent, &plan, &mut serving)?;
                         set_names(&agent, &lab, &plan);
-                        let _ = flows.send(FlowCommand::Reload(plan));
+                        let _ = flows.send(FlowCommand::Reload(Box::new(plan)));
                         Ok(())
                     });
                     if let Err(e) = &result {
@@ -539,7 +539,7 @@ fn set_names(agent: &Agent, lab: &LabDir, plan: &Plan) {
 /// What the flow recorder is asked while it runs.
 enum FlowCommand {
     /// The plan changed: identities and labels, for naming flows.
-    Reload(Plan),
+    Reload(Box<Plan>),
     /// Drain the ring buffer and flush the log, then answer.
     Sync(tokio::sync::oneshot::Sender<()>),
 }

@@ -105,7 +105,7 @@ impl Capture {
             if len <= 0 {
                 return frames;
             }
-            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
             frames.push(Frame { outgoing, bytes: buffer[..len as usize].to_vec() });
         }
     }
