@@ -184,6 +184,7 @@ pub fn synthetic_topology(name: &str, pods: usize, nodes: usize) -> Topology {
             .collect(),
         externals: Vec::new(),
         resources: Vec::new(),
+        scenario: None,
     }
 }
 

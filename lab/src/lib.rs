@@ -19,6 +19,7 @@ pub mod plan;
 pub mod policy;
 pub mod probe;
 pub mod realise;
+pub mod scenario;
 pub mod services;
 pub mod state;
 pub mod topology;

@@ -525,6 +525,53 @@ impl Plan {
     }
 
     /// Finds a pod by `namespace/name`, or by name alone when only one pod has it.
+    /// After pods were added to or removed from the running lab of `running`: every pod that was
+    /// running keeps its address, MACs, endpoint ID and interface index (a pod keeps them while
+    /// it lives), and a pod new to the lab that derivation put on one of those moves to the next
+    /// free one. Addresses given in the file (`fixed`, by pod) stay as given.
+    pub fn keep_running_pods(&mut self, running: &Plan, fixed: impl Fn(&PodPlan) -> bool) {
+        let mut new = Vec::new();
+        for (index, pod) in self.pods.iter_mut().enumerate() {
+            match running.pods.iter().find(|old| old.namespace == pod.namespace && old.name == pod.name) {
+                Some(old) => {
+                    pod.ip = old.ip;
+                    pod.mac = old.mac;
+                    pod.host_mac = old.host_mac;
+                    pod.endpoint_id = old.endpoint_id;
+                    pod.host_ifindex = old.host_ifindex;
+                }
+                None => new.push(index),
+            }
+        }
+        for index in new {
+            let (node, cidr) = (self.pods[index].node, self.nodes[self.pods[index].node].pod_cidr);
+            let others: Vec<&PodPlan> =
+                self.pods.iter().enumerate().filter(|(i, p)| *i != index && p.node == node).map(|(_, p)| p).collect();
+            let ips: std::collections::HashSet<Ipv4Addr> = others.iter().map(|p| p.ip).collect();
+            let ids: std::collections::HashSet<u16> = others.iter().map(|p| p.endpoint_id).collect();
+            let ifindexes: std::collections::HashSet<u32> = others.iter().map(|p| p.host_ifindex).collect();
+            let pod = &self.pods[index];
+            let ip = if fixed(pod) || !ips.contains(&pod.ip) {
+                pod.ip
+            } else {
+                let capacity = pod_capacity(&cidr);
+                let start = (u32::from(pod.ip) - u32::from(cidr.network()) - 2) as usize;
+                (0..capacity)
+                    .map(|k| pod_host(&cidr, (start + k) % capacity))
+                    .find(|ip| !ips.contains(ip))
+                    .unwrap_or(pod.ip)
+            };
+            let endpoint_id = (0..4095u16).map(|k| 1 + (pod.endpoint_id - 1 + k) % 4095).find(|id| !ids.contains(id));
+            let host_ifindex = (pod.host_ifindex..).find(|i| !ifindexes.contains(i)).expect("a free index");
+            let pod = &mut self.pods[index];
+            pod.endpoint_id = endpoint_id.unwrap_or(pod.endpoint_id);
+            pod.host_ifindex = host_ifindex;
+            pod.ip = ip;
+            pod.mac = Mac::for_ip(role::POD, ip);
+            pod.host_mac = Mac::for_ip(role::POD_HOST_SIDE, ip);
+        }
+    }
+
     pub fn find_pod(&self, target: &str) -> Result<&PodPlan, String> {
         if let Some((ns, name)) = target.split_once('/') {
             return self

@@ -107,8 +107,18 @@ pub fn fill_nodes(plan: &Plan, cidrs: &BTreeMap<Ipv4Net, u32>, flags: impl Fn(us
         }
         let mut endpoint_map: HashMap<MapData, EndpointKey, EndpointInfo> =
             HashMap::try_from(Map::HashMap(open(&pins::node_map(&plan.lab, &node.name, "lab_endpoints"))?))?;
-        for (ip, info) in endpoints(plan, i, &flags) {
-            endpoint_map.insert(EndpointKey { ip: ipv4(ip) }, info, 0).with_context(|| format!("endpoint {ip}"))?;
+        let wanted = endpoints(plan, i, &flags);
+        for (ip, info) in &wanted {
+            endpoint_map.insert(EndpointKey { ip: ipv4(*ip) }, *info, 0).with_context(|| format!("endpoint {ip}"))?;
+        }
+        // A removed pod's entry would still claim its address.
+        let stale: Vec<EndpointKey> = endpoint_map
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| !wanted.contains_key(&Ipv4Addr::from(key.ip.to_ne_bytes())))
+            .collect();
+        for key in stale {
+            endpoint_map.remove(&key).context("removing a stale endpoint")?;
         }
     }
     Ok(())

@@ -88,6 +88,36 @@ impl Netlink {
             .with_context(|| format!("setting interface {index} up"))
     }
 
+    /// Whether the interface is operationally up (`IFF_RUNNING`): carrier on both ends and its
+    /// queue started, which the kernel does a moment after the interface is set up.
+    pub async fn is_running(&self, index: u32) -> Result<bool> {
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .with_context(|| format!("looking up interface {index}"))?
+            .with_context(|| format!("no interface {index}"))?;
+        Ok(link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Running))
+    }
+
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting interface {index} down"))
+    }
+
+    /// Removes an interface (both ends, for a veth).
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle.link().del(index).execute().await.with_context(|| format!("removing interface {index}"))
+    }
+
     /// Creates a bridge, up, with a fixed index and MAC.
     pub async fn add_bridge(&self, name: &str, index: u32, mac: Mac) -> Result<()> {
         let message = LinkBridge::new(name).index(index).address(mac.0.to_vec()).up().build();

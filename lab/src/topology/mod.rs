@@ -8,6 +8,7 @@
 pub mod load;
 pub mod port;
 pub mod resources;
+pub mod scenario;
 pub mod source;
 pub mod validate;
 
@@ -48,6 +49,10 @@ pub struct Topology {
     /// multi-document YAML, or objects written in place.
     #[serde(default)]
     pub resources: Vec<ResourceEntry>,
+    /// Ordered, named steps that change the running lab and send traffic through it with
+    /// expected outcomes; `lab test` runs them and compares each step with golden files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<scenario::Scenario>,
 }
 
 /// Cluster-wide settings.

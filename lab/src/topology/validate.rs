@@ -30,13 +30,13 @@ pub struct Finding {
 }
 
 #[derive(Default)]
-struct Findings(Vec<Finding>);
+pub(crate) struct Findings(pub(crate) Vec<Finding>);
 
 impl Findings {
-    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Finding { severity: Severity::Error, field: field.into(), message: message.into() });
     }
-    fn warning(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn warning(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Finding { severity: Severity::Warning, field: field.into(), message: message.into() });
     }
 }
@@ -72,7 +72,7 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-fn check_name(findings: &mut Findings, field: &str, name: &str, what: &str, max: usize) {
+pub(crate) fn check_name(findings: &mut Findings, field: &str, name: &str, what: &str, max: usize) {
     if !is_dns_label(name) {
         findings.error(field, format!("`{name}` is not a valid {what}: use lowercase letters, digits and `-`"));
     } else if name.len() > max {
@@ -195,17 +195,21 @@ fn check_nodes(findings: &mut Findings, topology: &Topology) {
         }
         check_labels(findings, &format!("nodes[{i}].labels"), &node.labels);
         check_ports(findings, &format!("nodes[{i}].ports"), &node.ports);
-        for (key, value) in &node.sysctls {
-            let field = format!("nodes[{i}].sysctls.{key}");
-            let well_formed = key.split('.').all(|part| {
-                !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            });
-            if !key.starts_with("net.") || !well_formed {
-                findings
-                    .error(&field, format!("`{key}` is not a network sysctl; only `net.*` sysctls are per-namespace"));
-            } else if value.0.is_empty() || value.0.contains('\n') {
-                findings.error(&field, "a sysctl value must be a single line");
-            }
+        check_sysctls(findings, &format!("nodes[{i}].sysctls"), &node.sysctls);
+    }
+}
+
+/// Only `net.*` sysctls are per network namespace; anything else would change the host.
+pub(crate) fn check_sysctls(findings: &mut Findings, field: &str, sysctls: &BTreeMap<String, super::Scalar>) {
+    for (key, value) in sysctls {
+        let field = format!("{field}.{key}");
+        let well_formed = key
+            .split('.')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        if !key.starts_with("net.") || !well_formed {
+            findings.error(&field, format!("`{key}` is not a network sysctl; only `net.*` sysctls are per-namespace"));
+        } else if value.0.is_empty() || value.0.contains('\n') {
+            findings.error(&field, "a sysctl value must be a single line");
         }
     }
 }
@@ -267,7 +271,7 @@ fn check_namespaces(findings: &mut Findings, topology: &Topology) {
 }
 
 /// Kubernetes label syntax: an optional DNS-subdomain prefix and a name of at most 63 characters.
-fn check_labels(findings: &mut Findings, field: &str, labels: &BTreeMap<String, String>) {
+pub(crate) fn check_labels(findings: &mut Findings, field: &str, labels: &BTreeMap<String, String>) {
     let valid_name = |s: &str| {
         s.len() <= 63
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
