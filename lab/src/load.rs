@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -90,9 +90,26 @@ impl Load {
     }
 }
 
-/// A TCP connection from inside `from`: the socket is made there, and keeps its namespace.
+/// The client ports loads send from, taken in turn: below the probes' (20000-32767) and the
+/// kernel's ephemeral ports, so a scenario can tell a load's traffic from everything else.
+pub const LOAD_PORTS: std::ops::Range<u16> = 15000..20000;
+
+/// Whether `port` (as flows write ports) is one loads send from.
+pub fn is_load_port(port: u32) -> bool {
+    u16::try_from(port).is_ok_and(|port| LOAD_PORTS.contains(&port))
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A TCP connection from inside `from`, from the next of [`LOAD_PORTS`]: the socket is made
+/// there, and keeps its namespace.
 fn connect(from: &File, to: SocketAddrV4) -> io::Result<TcpStream> {
     let socket = netns::run_in(from, || Socket::new(Domain::IPV4, Type::STREAM, None))??;
+    let span = LOAD_PORTS.end - LOAD_PORTS.start;
+    let port = LOAD_PORTS.start + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % span;
+    // A port used a turn ago may still be in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port).into())?;
     socket.connect_timeout(&to.into(), EXCHANGE_TIMEOUT)?;
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;

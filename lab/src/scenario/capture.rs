@@ -111,6 +111,15 @@ impl Capture {
     }
 }
 
+/// The TCP source and destination ports of an IPv4 frame.
+pub fn tcp_ports(frame: &Frame) -> Option<(u16, u16)> {
+    let packet = etherparse::SlicedPacket::from_ethernet(&frame.bytes).ok()?;
+    match packet.transport? {
+        etherparse::TransportSlice::Tcp(tcp) => Some((tcp.source_port(), tcp.destination_port())),
+        _ => None,
+    }
+}
+
 /// The frames as a pcap file: little endian, Ethernet, the n-th frame stamped n microseconds.
 pub fn pcap(frames: &[Frame]) -> Vec<u8> {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};

@@ -10,7 +10,7 @@ pub mod flows;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,12 +20,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::datapath::pins;
 use crate::flow::Flow;
 use crate::live::{self, Change};
+use crate::load::{Load, is_load_port};
 use crate::net::{netns, sysctl};
 use crate::plan::{Plan, UPLINK_NAME};
 use crate::probe::{self, Attempt, Kind, Outcome, What};
 use crate::state::LabDir;
 use crate::topology::resources::{self, Accept};
-use crate::topology::scenario::{self, Expected, Probe, Restart, Step, parse_delete};
+use crate::topology::scenario::{self, Expected, LoadOutcome, Probe, Restart, Step, parse_delete};
 use crate::topology::source::SourceMap;
 use capture::Capture;
 use flows::FlowTail;
@@ -86,8 +87,14 @@ pub struct Runner {
     capture: Vec<String>,
     blocks: Vec<u16>,
     kept: HashMap<String, Kept>,
+    /// Loads started by a step and not stopped yet.
+    loads: HashMap<String, Load>,
     runtime: tokio::runtime::Runtime,
 }
+
+/// How long [`Restart::Reattach`] leaves the pods without programs: long enough for a steady
+/// load to notice, as a real teardown-first upgrade would be.
+const REATTACH_GAP: Duration = Duration::from_millis(250);
 
 /// The first port of each step's block.
 fn port_blocks(steps: &[Step]) -> Vec<u16> {
@@ -113,6 +120,7 @@ impl Runner {
             capture: capture.to_vec(),
             blocks: port_blocks(steps),
             kept: HashMap::new(),
+            loads: HashMap::new(),
             runtime: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?,
         })
     }
@@ -149,18 +157,36 @@ impl Runner {
                 Ok((name, Capture::open(&netns::open(&netns_name)?, &interface)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        let traffic = !step.probes.is_empty() || !step.exec.is_empty();
+        let traffic = !step.probes.is_empty() || !step.exec.is_empty() || !step.stop_load.is_empty();
         if traffic && self.has_datapath() {
             crate::agent::request(&self.lab, crate::agent::Request::SyncFlows)?;
         }
         let mut tail = FlowTail::at_end(LabDir::of(&self.lab).flows_path());
 
-        self.change(index, step).context("changing the lab")?;
+        let mut verdicts = String::new();
+        for start in &step.start_load {
+            let from = netns::open(&crate::cmd::exec::resolve(&self.lab, &start.from)?)?;
+            let Kind::Tcp(port) = crate::cmd::probe::parse_kind(&start.port).map_err(|e| anyhow!(e))? else {
+                bail!("load `{}`: a load runs over TCP", start.name);
+            };
+            let to = SocketAddrV4::new(destination(&self.lab, &plan, &start.to)?, port);
+            let load = Load::start(&from, to, start.rate).with_context(|| format!("starting load `{}`", start.name))?;
+            self.loads.insert(start.name.clone(), load);
+            verdicts.push_str(&format!("load {}: started, {} -> {to}\n", start.name, start.from));
+        }
+        match (self.change(index, step), step.refused) {
+            (Ok(()), false) => {}
+            (Ok(()), true) => {
+                report.failures.push("the step's changes were expected to be refused, and were applied".into())
+            }
+            (Err(e), true) => verdicts.push_str(&format!("refused: {e:#}\n")),
+            (Err(e), false) => return Err(e.context("changing the lab")),
+        }
         self.faults(step)?;
 
         let plan = self.plan()?;
-        let mut verdicts = String::new();
         let mut step_flows = Vec::new();
+        let mut load_drops = 0;
         for (j, probe) in step.probes.iter().enumerate() {
             let label = probe_label(probe);
             let port = self.blocks.get(index).copied().unwrap_or(FIRST_PROBE_PORT) + j as u16;
@@ -184,9 +210,46 @@ impl Runner {
         if traffic && self.has_datapath() {
             crate::agent::request(&self.lab, crate::agent::Request::SyncFlows)?;
             step_flows.extend(tail.read());
+            // A load's traffic depends on timing (how many connections, which backends): only
+            // its drops are counted, for its verdict.
+            let (load, others): (Vec<Flow>, Vec<Flow>) = std::mem::take(&mut step_flows).into_iter().partition(|f| {
+                f.l4.as_ref().and_then(|l4| l4.ports()).is_some_and(|(s, d)| is_load_port(s) || is_load_port(d))
+            });
+            load_drops = load.iter().filter(|f| f.verdict == crate::flow::Verdict::Dropped).count();
+            step_flows = others;
             let text = flows::normalise(&step_flows);
             if !text.is_empty() {
                 report.outputs.insert("flows.jsonl".into(), text);
+            }
+        }
+        for stop in &step.stop_load {
+            let load = self.loads.remove(&stop.name).with_context(|| format!("no load `{}` is running", stop.name))?;
+            let seen = load.stop();
+            let outcome = if seen.failures() == 0 { LoadOutcome::Lossless } else { LoadOutcome::Lossy };
+            // Only the outcome goes into the golden: how many connections fit in a step is the
+            // machine's business.
+            match (outcome, load_drops) {
+                (LoadOutcome::Lossless, 0) => {
+                    verdicts.push_str(&format!("load {}: lossless, nothing dropped\n", stop.name))
+                }
+                (LoadOutcome::Lossless, _) => {
+                    verdicts.push_str(&format!("load {}: lossless, but the datapath dropped some\n", stop.name));
+                    report
+                        .failures
+                        .push(format!("load `{}`: the datapath dropped {load_drops} of its packets", stop.name));
+                }
+                (LoadOutcome::Lossy, _) => verdicts.push_str(&format!("load {}: lossy\n", stop.name)),
+            }
+            if outcome != stop.expect {
+                report.failures.push(format!(
+                    "load `{}`: expected {}, got {outcome}: {} of {} new connections and {} of {} exchanges failed",
+                    stop.name,
+                    stop.expect,
+                    seen.failed_connections,
+                    seen.new_connections,
+                    seen.failed_exchanges,
+                    seen.exchanges
+                ));
             }
         }
         for expectation in &step.expect {
@@ -212,7 +275,15 @@ impl Runner {
             report.outputs.insert("verdicts.txt".into(), verdicts);
         }
         for (name, capture) in &captures {
-            let frames = capture.drain();
+            // A load's packets depend on timing, as its flows do: the captures leave them out.
+            let frames: Vec<capture::Frame> = capture
+                .drain()
+                .into_iter()
+                .filter(|frame| {
+                    !capture::tcp_ports(frame)
+                        .is_some_and(|(s, d)| is_load_port(u32::from(s)) || is_load_port(u32::from(d)))
+                })
+                .collect();
             report.pcaps.insert(format!("{name}.pcap"), capture::pcap(&frames));
             let text = capture::render(&frames);
             if !text.is_empty() {
@@ -260,6 +331,13 @@ impl Runner {
             Some(Restart::Agent) => crate::agent::request(&self.lab, crate::agent::Request::Restart)?,
             Some(Restart::Datapath) => {
                 crate::datapath::loader::replace(&self.plan()?).context("restarting the datapath")?
+            }
+            Some(Restart::Reattach) => {
+                let plan = self.plan()?;
+                let managed: Vec<usize> = (0..plan.pods.len()).filter(|&i| plan.pods[i].managed).collect();
+                crate::datapath::loader::detach_pods(&plan, &managed).context("detaching the datapath")?;
+                std::thread::sleep(REATTACH_GAP);
+                crate::datapath::loader::attach_pods(&plan, &managed).context("attaching the datapath again")?;
             }
             None => {}
         }

@@ -66,8 +66,9 @@ pub struct Step {
     /// datapath and maps' entries go, as when a kubelet deletes a pod.
     #[serde(default)]
     pub remove_pods: Vec<String>,
-    /// Pods to add, written as under `pods:`. A pod removed in an earlier step (or this one) may
-    /// come back under the same name, and so at the same address.
+    /// Pods to add, written as under `pods:`. A pod removed in an earlier step may come back
+    /// under the same name, and so at the same address (not in the step that removes it: the
+    /// lab would see one pod still running, not a new one).
     #[serde(default)]
     pub add_pods: Vec<Pod>,
     /// Backends to take out of their service: the address is removed from every EndpointSlice of
@@ -100,6 +101,68 @@ pub struct Step {
     /// `.`/`X` table.
     #[serde(default)]
     pub expect: Vec<Expectation>,
+    /// The step's changes must be refused (an invalid object, a policy that does not fit its
+    /// map): the refusal is recorded, and the lab is left as it was.
+    #[serde(default)]
+    pub refused: bool,
+    /// Steady loads to start before anything else in the step: new connections at a rate and
+    /// one established connection, running until a later `stopLoad`.
+    #[serde(default)]
+    pub start_load: Vec<LoadStart>,
+    /// Loads to stop after the step's traffic, each with what it should have seen.
+    #[serde(default)]
+    pub stop_load: Vec<LoadStop>,
+}
+
+/// A steady load ([`crate::load`]) from a pod, node or external to a TCP echo port.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadStart {
+    /// Names it for `stopLoad`.
+    pub name: String,
+    pub from: String,
+    /// A pod, node, external, `service/NAMESPACE/NAME` or an IPv4 address.
+    pub to: String,
+    /// `tcp/PORT`.
+    pub port: String,
+    /// New connections a second.
+    #[serde(default = "LoadStart::default_rate")]
+    pub rate: u32,
+}
+
+impl LoadStart {
+    fn default_rate() -> u32 {
+        50
+    }
+}
+
+/// `{name: steady}`, or `{name: steady, expect: lossy}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadStop {
+    pub name: String,
+    #[serde(default)]
+    pub expect: LoadOutcome,
+}
+
+/// What a load saw between its start and its stop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadOutcome {
+    /// Every new connection and every exchange on the established one succeeded.
+    #[default]
+    Lossless,
+    /// Some failed.
+    Lossy,
+}
+
+impl fmt::Display for LoadOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LoadOutcome::Lossless => "lossless",
+            LoadOutcome::Lossy => "lossy",
+        })
+    }
 }
 
 impl Step {
@@ -118,6 +181,8 @@ impl Step {
             && self.sysctls.is_empty()
             && self.link_down.is_empty()
             && self.link_up.is_empty()
+            && self.start_load.is_empty()
+            && self.stop_load.is_empty()
     }
 }
 
@@ -139,6 +204,10 @@ pub enum Restart {
     Agent,
     /// Only the datapath's programs are loaded again and replaced, as a datapath upgrade.
     Datapath,
+    /// The pods' programs are taken off, then loaded and attached again a quarter of a second
+    /// later, as an upgrade that tears down before it sets up: in between, pods' packets cross
+    /// bare veths, neither load balanced nor checked.
+    Reattach,
 }
 
 /// What a probe is expected to see.
@@ -277,6 +346,7 @@ pub fn check(topology: &super::Topology, capture: &[String], steps: &[Step], pre
     }
     let mut names = std::collections::HashSet::new();
     let mut kept = std::collections::HashSet::new();
+    let mut loads = std::collections::BTreeSet::new();
     for (i, step) in steps.iter().enumerate() {
         let field = |f: &str| format!("{prefix}steps[{i}].{f}");
         let title = step.title(i);
@@ -304,12 +374,35 @@ pub fn check(topology: &super::Topology, capture: &[String], steps: &[Step], pre
             }
             validate::check_labels(&mut findings, &at, labels);
         }
+        for start in &step.start_load {
+            if !loads.insert(start.name.clone()) {
+                findings.error(field("startLoad"), format!("a load named `{}` is already running", start.name));
+            }
+        }
+        for stop in &step.stop_load {
+            if !loads.remove(&stop.name) {
+                findings.error(field("stopLoad"), format!("no load named `{}` is running", stop.name));
+            }
+        }
+        let mut removed_here = Vec::new();
         for (j, pod) in step.remove_pods.iter().enumerate() {
             match pod_index(&lab, pod) {
                 Some(index) => {
-                    lab.pods.remove(index);
+                    let gone = lab.pods.remove(index);
+                    removed_here.push((gone.namespace, gone.name));
                 }
                 None => findings.error(field(&format!("removePods[{j}]")), format!("no pod `{pod}` to remove")),
+            }
+        }
+        for (j, pod) in step.add_pods.iter().enumerate() {
+            if removed_here.iter().any(|(namespace, name)| *namespace == pod.namespace && *name == pod.name) {
+                findings.error(
+                    field(&format!("addPods[{j}].name")),
+                    format!(
+                        "`{}/{}` is removed in this step; add it again in a later step to re-create it",
+                        pod.namespace, pod.name
+                    ),
+                );
             }
         }
         if !step.add_pods.is_empty() {
@@ -366,6 +459,21 @@ pub fn check(topology: &super::Topology, capture: &[String], steps: &[Step], pre
                 findings.error(format!("{at}.probe"), e);
             }
         }
+        for (j, start) in step.start_load.iter().enumerate() {
+            let at = field(&format!("startLoad[{j}]"));
+            if target_kind(&lab, &start.from).is_none() {
+                findings.error(format!("{at}.from"), format!("no pod, node or external `{}`", start.from));
+            }
+            if !matches!(crate::cmd::probe::parse_kind(&start.port), Ok(crate::probe::Kind::Tcp(_))) {
+                findings.error(format!("{at}.port"), format!("`{}`: a load runs over TCP, `tcp/PORT`", start.port));
+            }
+            if start.rate == 0 || start.rate > 1000 {
+                findings.error(format!("{at}.rate"), format!("{} is out of range 1-1000", start.rate));
+            }
+        }
+    }
+    for name in loads {
+        findings.error(format!("{prefix}steps"), format!("the load `{name}` is never stopped"));
     }
     findings.0
 }
