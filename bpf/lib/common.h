@@ -31,6 +31,8 @@
 #define DROP_UNKNOWN_L4 142
 #define DROP_CT_CREATE_FAILED 155
 #define DROP_FRAG_NOSUPPORT 157
+#define DROP_NO_SERVICE 158
+#define DROP_NAT_NO_MAPPING 167
 #define DROP_NO_TUNNEL_ENDPOINT 160
 #define DROP_POLICY_DENY 181
 
@@ -56,6 +58,8 @@
 /* Traffic direction, from the endpoint's point of view (Hubble: INGRESS 1, EGRESS 2). */
 #define DIR_INGRESS 1
 #define DIR_EGRESS 2
+/* Not a direction: the conntrack scope of a connection to a service, before its DNAT. */
+#define CT_SERVICE 4
 
 /* Policy match types of verdict events (Cilium's POLICY_MATCH_*). */
 #define MATCH_NONE 0
@@ -69,7 +73,12 @@
 /* The identity travels in skb->mark between programs of one node, as Cilium's
  * MARK_MAGIC_IDENTITY does: the magic in the low 16 bits, the identity above. */
 #define MARK_MAGIC_IDENTITY 0x0F00
+#define MARK_MAGIC_HAIRPIN 0x0E00 /* a pod's packet to itself through a service */
 #define MARK_MAGIC_MASK 0xFFFF
+
+/* The source of a pod's packets to itself through a service (Cilium's IPV4_LOOPBACK): the pod
+ * would drop a packet from its own address. Host order. */
+#define HAIRPIN_IP 0xA9FE2A01 /* 169.254.42.1 */
 
 /* ipcache: LPM trie from an IPv4 prefix to an identity, and for remote pods the node that hosts
  * them (the tunnel endpoint). A miss means world. */
@@ -152,6 +161,79 @@ struct ct_entry {
 	__u8 tx_flags_seen; /* OR of the TCP flags seen in the opening direction */
 	__u8 rx_flags_seen; /* and in the reply direction */
 	__u8 pad;
+	__u32 backend_id; /* CT_SERVICE entries: the backend the connection was given */
+	__u16 rev_nat_index; /* the service frontend its replies are translated back to; 0: none */
+	__u16 pad2;
+};
+
+/* Masquerade: where one direction of a translated connection is translated to. */
+struct nat_entry {
+	__u32 address; /* network order */
+	__u16 port; /* network order; the ICMP echo identifier */
+	__u16 pad;
+};
+
+/* Services (Cilium's lb4 maps). A frontend (address, port, protocol) has a master entry at slot 0
+ * with its backend count, and slots 1..count holding the ids of its active backends, then
+ * `terminating` more for backends that only keep their established connections. */
+struct lb4_key {
+	__u32 address; /* network order */
+	__u16 dport; /* network order */
+	__u16 backend_slot;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+#define LB4_F_AFFINITY 1 /* sessionAffinity: ClientIP */
+#define LB4_F_NODEPORT 2 /* a NodePort: served at the node's uplink to whoever reaches it */
+#define LB4_F_MAGLEV 4 /* backends chosen by the Maglev table of the frontend, not at random */
+
+/* Maglev: each frontend's lookup table of MAGLEV_SIZE slots (a prime), keyed by its reverse NAT
+ * index, filled by userspace with Maglev's permutations over the active backends. */
+#define MAGLEV_SIZE 1021
+
+struct maglev_key {
+	__u16 rev_nat_index;
+	__u16 pad;
+	__u32 slot;
+};
+
+struct lb4_service {
+	__u32 backend_id; /* slots 1..: the backend; slot 0: the affinity timeout in seconds */
+	__u16 count; /* slot 0: active backends, which new connections may pick */
+	__u16 rev_nat_index;
+	__u8 flags; /* LB4_F_* */
+	__u8 pad;
+	__u16 terminating; /* slot 0: the backends after the active ones */
+};
+
+#define BE_STATE_ACTIVE 0
+#define BE_STATE_TERMINATING 1
+
+struct lb4_backend {
+	__u32 address; /* network order */
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 state; /* BE_STATE_*: a terminating backend gets no new connection, affinity included */
+};
+
+struct lb4_reverse_nat {
+	__u32 address; /* network order */
+	__u16 port; /* network order */
+	__u16 pad;
+};
+
+/* sessionAffinity: the backend a client was last given for a frontend. */
+struct lb4_affinity_key {
+	__u32 client; /* network order */
+	__u16 rev_nat_index;
+	__u16 pad;
+};
+
+struct lb4_affinity {
+	__u64 last_used; /* ktime in ns */
+	__u32 backend_id;
+	__u32 pad;
 };
 
 /* metrics: packets and bytes per drop reason (0 for forwarded) and direction, in a per-CPU
@@ -183,5 +265,8 @@ struct event {
 	__u8 is_reply;
 	__u16 sample_len;
 	__u32 packet_len;
+	__u16 rev_nat_index; /* the service frontend of translated traffic; 0: none */
+	__u16 pad;
+	__u32 orig_ip; /* a reverse-NATed reply's source before translation (the backend) */
 	__u8 sample[EVENT_SAMPLE];
 };

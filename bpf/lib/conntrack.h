@@ -114,12 +114,13 @@ static __always_inline int ct_lookup(const struct packet *p, __u8 direction, __u
 	return CT_NEW;
 }
 
-/* Records a new connection once policy allowed its first packet. */
+/* Records a new connection once policy allowed its first packet; `rev_nat_index` names the
+ * service frontend its replies are translated back to (0: none). */
 static __always_inline int ct_create(const struct packet *p, __u8 direction, __u16 endpoint_id, __u32 src_identity,
-				     __u64 now)
+				     __u16 rev_nat_index, __u64 now)
 {
 	struct ct_key key;
-	struct ct_entry entry = { .src_identity = src_identity };
+	struct ct_entry entry = { .src_identity = src_identity, .rev_nat_index = rev_nat_index };
 
 	ct_key_of(p, direction, endpoint_id, &key);
 	ct_update(&entry, p, false, now);

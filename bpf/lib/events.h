@@ -28,6 +28,8 @@ struct event_meta {
 	__s32 verdict;
 	__u8 match_type;
 	__u8 is_reply;
+	__u16 rev_nat_index;
+	__u32 orig_ip;
 };
 
 static __always_inline void emit(struct __sk_buff *skb, const struct event_meta *meta)
@@ -49,6 +51,9 @@ static __always_inline void emit(struct __sk_buff *skb, const struct event_meta 
 	e->verdict = meta->verdict;
 	e->match_type = meta->match_type;
 	e->is_reply = meta->is_reply;
+	e->rev_nat_index = meta->rev_nat_index;
+	e->pad = 0;
+	e->orig_ip = meta->orig_ip;
 	e->packet_len = len;
 	e->sample_len = 0;
 	if (len > 0) {

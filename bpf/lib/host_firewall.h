@@ -29,5 +29,5 @@ static __always_inline int host_firewall(struct __sk_buff *skb, const struct pac
 	if (!host || !(host->flags & ENDPOINT_F_HOST) ||
 	    !(host->flags & (ENDPOINT_F_INGRESS_ENFORCED | ENDPOINT_F_EGRESS_ENFORCED)))
 		return TC_ACT_UNSPEC;
-	return enforce(skb, p, &meta, &lab_host_policy, host->flags, remote_identity, &report);
+	return enforce(skb, p, &meta, &lab_host_policy, host->flags, remote_identity, 0, 0, &report);
 }

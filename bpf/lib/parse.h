@@ -16,6 +16,7 @@ struct packet {
 	__u8 protocol;
 	__u8 tcp_flags;
 	__u32 len;
+	__u32 l4; /* offset of the L4 header */
 };
 
 /* The ICMP echo header (linux/icmp.h pulls in libc headers a BPF build cannot use). */
@@ -68,6 +69,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p)
 	p->protocol = ip.protocol;
 	p->len = skb->len;
 	l4 = ETH_HLEN + ip.ihl * 4;
+	p->l4 = l4;
 
 	switch (ip.protocol) {
 	case IPPROTO_TCP: {

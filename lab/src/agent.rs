@@ -239,7 +239,7 @@ async fn consume_events(lab: &LabDir, plan: &Plan, mut reload: tokio::signal::un
         .map_err(|e| e.into_parts().1)
         .context("polling the ring buffer")?;
     // `lab apply` changes identities and labels; `reload` says when to read the plan again.
-    let mut context = FlowContext::new(plan);
+    let mut context = flow_context(lab, plan);
     let path = lab.flows_path();
     let mut log = FlowLog::open(&path, FLOW_LOG_LIMIT).with_context(|| format!("opening {}", path.display()))?;
     eprintln!("lab agent for `{}`: recording flows in {}", lab.name, path.display());
@@ -247,7 +247,7 @@ async fn consume_events(lab: &LabDir, plan: &Plan, mut reload: tokio::signal::un
         let mut guard = tokio::select! {
             _ = reload.recv() => {
                 match lab.read_plan() {
-                    Ok(plan) => context = FlowContext::new(&plan),
+                    Ok(plan) => context = flow_context(lab, &plan),
                     Err(e) => eprintln!("lab agent for `{}`: keeping the old plan: {e:#}", lab.name),
                 }
                 continue;
@@ -279,6 +279,18 @@ async fn echo_tcp(who: String, listener: tokio::net::TcpListener) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// What names the flows: the plan, and the services of the lab's sources (none if they cannot
+/// be read: flows are still recorded, without service names).
+fn flow_context(lab: &LabDir, plan: &Plan) -> FlowContext {
+    let services =
+        lab.read_sources().ok().and_then(|(_, resources)| crate::services::Services::resolve(plan, &resources).ok());
+    let context = FlowContext::new(plan);
+    match services {
+        Some(services) => context.with_services(&services),
+        None => context,
     }
 }
 

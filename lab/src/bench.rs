@@ -4,7 +4,9 @@
 //! bash script of `ip` commands, one process per operation, as containerlab and Mininet do it.
 //! [`datapath`] measures TCP between two pods through the eBPF datapath against the same pods
 //! with no program attached, and the cost of a full policy map. [`policy`] times compiling many
-//! rules and applying a changed rule to a running lab until the datapath enforces it.
+//! rules and applying a changed rule to a running lab until the datapath enforces it. [`services`]
+//! measures new connections through a ClusterIP as the number of services grows, translated by
+//! the datapath and by kube-proxy's iptables rules.
 //!
 //! Every lab a benchmark builds, the `ip` one included, is recorded in `/run/lab` before anything
 //! is created, and a guard removes it however the benchmark ends (error, panic or Ctrl-C): a run
@@ -12,6 +14,7 @@
 
 pub mod datapath;
 pub mod policy;
+pub mod services;
 mod traffic;
 
 use std::collections::BTreeMap;

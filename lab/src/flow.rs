@@ -394,6 +394,18 @@ pub struct Ip {
     pub ip_version: IpVersion,
     #[serde(skip_serializing_if = "is_default")]
     pub encrypted: bool,
+    /// A translated reply's source before translation: the backend behind the service address
+    /// in `source`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub source_xlated: String,
+}
+
+/// `Service`: the Kubernetes Service a flow's address belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
 }
 
 /// `TCPFlags`: each flag present, and true, only when set.
@@ -559,6 +571,10 @@ pub struct Flow {
     pub node_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_type: Option<EventType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_service: Option<Service>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_service: Option<Service>,
     #[serde(skip_serializing_if = "is_default")]
     pub traffic_direction: TrafficDirection,
     #[serde(skip_serializing_if = "is_default")]
@@ -817,6 +833,8 @@ pub struct FlowContext {
     node_ips: HashMap<Ipv4Addr, u16>,
     /// Sorted label strings of each identity.
     labels: BTreeMap<u32, Vec<String>>,
+    /// The service of each frontend, by reverse NAT index.
+    services: HashMap<u16, Service>,
 }
 
 /// What decoding reads off the sample.
@@ -871,7 +889,16 @@ impl FlowContext {
                 (*id, strings)
             })
             .collect();
-        FlowContext { nodes, pods, node_ips, labels }
+        FlowContext { nodes, pods, node_ips, labels, services: HashMap::new() }
+    }
+
+    /// Names the services of translated traffic.
+    pub fn with_services(mut self, services: &crate::services::Services) -> FlowContext {
+        self.services = services
+            .frontends()
+            .map(|(id, s, _)| (id, Service { name: s.name.clone(), namespace: s.namespace.clone() }))
+            .collect();
+        self
     }
 
     /// The name of node `id`.
@@ -934,6 +961,18 @@ impl FlowContext {
                 }
                 flow.traffic_direction = direction;
                 flow.policy_match_type = u32::from(event.match_type);
+            }
+        }
+        if let Some(service) = self.services.get(&event.rev_nat_index) {
+            // A reply translated back to the frontend comes from the service, with the backend
+            // it really came from; anything else goes to it.
+            if event.orig_ip != 0 {
+                flow.source_service = Some(service.clone());
+                if let Some(ip) = flow.ip.as_mut() {
+                    ip.source_xlated = Ipv4Addr::from(event.orig_ip.to_ne_bytes()).to_string();
+                }
+            } else {
+                flow.destination_service = Some(service.clone());
             }
         }
         flow.drop_reason_desc = DropReason(flow.drop_reason);
@@ -1000,6 +1039,7 @@ fn decode_packet(sample: &[u8]) -> Packet {
                 destination: destination.to_string(),
                 ip_version: IpVersion::IPv4,
                 encrypted: false,
+                source_xlated: String::new(),
             });
             packet.source = Some(source.into());
             packet.destination = Some(destination.into());
@@ -1012,6 +1052,7 @@ fn decode_packet(sample: &[u8]) -> Packet {
                 destination: destination.to_string(),
                 ip_version: IpVersion::IPv6,
                 encrypted: false,
+                source_xlated: String::new(),
             });
             packet.source = Some(source.into());
             packet.destination = Some(destination.into());
@@ -1283,6 +1324,9 @@ externals: [{name: inet, address: 203.0.113.10}]
             is_reply: 0,
             sample_len: 0,
             packet_len: 0,
+            rev_nat_index: 0,
+            pad: 0,
+            orig_ip: 0,
             sample: [0; abi::EVENT_SAMPLE],
         }
     }

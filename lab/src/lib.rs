@@ -18,6 +18,7 @@ pub mod plan;
 pub mod policy;
 pub mod probe;
 pub mod realise;
+pub mod services;
 pub mod state;
 pub mod topology;
 pub mod ui;

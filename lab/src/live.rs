@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use crate::datapath::{self, maps};
 use crate::plan::Plan;
 use crate::policy::{self, Compiled, PolicyError};
+use crate::services::Services;
 use crate::state::LabDir;
 use crate::topology::resources::{self, Resource};
 use crate::topology::source::SourceMap;
@@ -61,6 +62,11 @@ pub fn compile(plan: &Plan, resources: &[Resource]) -> Result<Compiled> {
     }
 }
 
+/// The services among `resources` for `plan`; invalid ones come back as a [`TopologyError`].
+pub fn services(plan: &Plan, resources: &[Resource]) -> Result<Services> {
+    Services::resolve(plan, resources).map_err(|diagnostics| TopologyError { diagnostics }.into())
+}
+
 /// Applies `change` to the running lab `lab`.
 pub fn apply(lab: &str, change: &Change) -> Result<Applied> {
     let dir = LabDir::of(lab);
@@ -107,7 +113,8 @@ pub fn apply(lab: &str, change: &Change) -> Result<Applied> {
     }
     let plan = Plan::new(&topology, lab);
     let compiled = compile(&plan, &resources).context("nothing was changed")?;
-    let applied = write(&old_plan, &plan, &compiled)?;
+    let services = services(&plan, &resources).context("nothing was changed")?;
+    let applied = write(&old_plan, &plan, &compiled, &services)?;
     dir.write_plan(&plan)?;
     dir.write_sources(&topology, &resources)?;
     crate::agent::reload(lab);
@@ -115,22 +122,17 @@ pub fn apply(lab: &str, change: &Change) -> Result<Applied> {
 }
 
 /// Writes what differs between the running lab and the new plan and policy into the datapath.
-fn write(old: &Plan, plan: &Plan, compiled: &Compiled) -> Result<Applied> {
+fn write(old: &Plan, plan: &Plan, compiled: &Compiled, services: &Services) -> Result<Applied> {
     let mut applied = Applied::default();
     // Policies first, so new identities are allowed before any packet carries them.
     for (pod, endpoint) in compiled.endpoints.iter().enumerate() {
-        let present = maps::read_policy(plan, pod)?;
-        let same = present.len() == endpoint.entries.len()
-            && present
-                .iter()
-                .all(|(k, e)| endpoint.entries.get(k).is_some_and(|w| (w.deny, w.rule) == (e.deny, e.rule)));
-        if !same {
-            maps::sync_policy(plan, pod, &endpoint.entries)?;
+        if maps::sync_policy(plan, pod, &endpoint.entries)? {
             applied.endpoints += 1;
         }
     }
     applied.relabelled = plan.pods.iter().zip(&old.pods).filter(|(new, old)| new.identity != old.identity).count();
     maps::fill_nodes(plan, &compiled.cidr_identities, |pod| compiled.endpoints[pod].flags())?;
+    datapath::lb::sync(plan, services)?;
     Ok(applied)
 }
 

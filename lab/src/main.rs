@@ -94,7 +94,14 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Apply policies, or pods' and namespaces' new labels (v1 Pod/Namespace objects), to a running lab.
+    /// List a lab's services: each frontend (ClusterIP:port) with its backends and their state.
+    Services {
+        name: String,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Apply policies, services and endpoint slices, or pods' and namespaces' new labels (v1
+    /// Pod/Namespace objects), to a running lab.
     Apply { name: String, file: PathBuf },
     /// Delete the policies in a file from a running lab.
     Delete { name: String, file: PathBuf },
@@ -147,6 +154,18 @@ enum BenchTarget {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Format,
     },
+    /// New TCP connections per second through a ClusterIP with N services defined, translated by
+    /// the datapath's service maps and by kube-proxy's iptables rules (loaded in the lab's node).
+    Services {
+        /// Service counts to measure; the fewest is the reference of each curve.
+        #[arg(long, value_delimiter = ',', default_values_t = lab::bench::services::SERVICE_COUNTS)]
+        services: Vec<usize>,
+        /// Length of each run, in seconds; each setup runs once per round, over 7 rounds.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 fn main() -> ExitCode {
@@ -182,6 +201,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Metrics { name, output } => cmd::metrics::run(&name, output),
+        Command::Services { name, output } => cmd::services::run(&name, output),
         Command::Apply { name, file } => cmd::apply::run(&name, &file, false),
         Command::Delete { name, file } => cmd::apply::run(&name, &file, true),
         Command::Validate { files } => {
@@ -197,6 +217,9 @@ fn main() -> ExitCode {
             cmd::bench::datapath(std::time::Duration::from_secs(seconds), output)
         }
         Command::Bench { target: BenchTarget::Policy { output } } => cmd::bench::policy(output),
+        Command::Bench { target: BenchTarget::Services { services, seconds, output } } => {
+            cmd::bench::services(&services, std::time::Duration::from_secs(seconds), output)
+        }
         Command::Agent { name } => lab::agent::serve(&name),
     };
     match result {

@@ -39,6 +39,12 @@ pub fn netns_prefix(lab: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub lab: String,
+    /// Where Services' ClusterIPs are allocated.
+    pub service_cidr: Ipv4Net,
+    /// Whether pod traffic leaving for outside `native_routing_cidr` is masqueraded.
+    pub masquerade: bool,
+    pub native_routing_cidr: Ipv4Net,
+    pub load_balancer_algorithm: crate::topology::LoadBalancerAlgorithm,
     pub routing_mode: RoutingMode,
     pub attach: AttachMode,
     pub mtu: u32,
@@ -404,6 +410,10 @@ impl Plan {
 
         Plan {
             lab: lab.to_string(),
+            service_cidr: cluster.service_cidr,
+            masquerade: cluster.masquerade,
+            native_routing_cidr: cluster.native_routing_cidr.unwrap_or(cluster.pod_cidr),
+            load_balancer_algorithm: cluster.load_balancer_algorithm,
             routing_mode: cluster.routing_mode,
             attach: cluster.attach,
             mtu: cluster.mtu,

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Lab, lab, topology};
+use common::{Lab, lab_change, topology};
 use lab::probe::{Kind, Outcome};
 
 fn probe(plan: &lab::plan::Plan, from: &str, to: &str) -> Outcome {
@@ -19,13 +19,6 @@ fn probe(plan: &lab::plan::Plan, from: &str, to: &str) -> Outcome {
         Kind::Tcp(80),
         lab::probe::scaled(Duration::from_millis(400)),
     ))
-}
-
-fn apply(name: &str, verb: &str, yaml: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("change.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    lab(&[verb, name, file.to_str().unwrap()])
 }
 
 const ALLOW_X_B: &str = "
@@ -45,12 +38,12 @@ fn applied_and_deleted_policies_and_relabelled_pods_take_effect() {
     assert_eq!(probe(&before, "x/b", "x/a"), Outcome::Timeout);
     assert_eq!(probe(&before, "z/a", "x/a"), Outcome::Connected);
 
-    let out = apply(&lab_.name, "apply", ALLOW_X_B);
+    let out = lab_change(&lab_.name, "apply", ALLOW_X_B);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(probe(&lab_.plan(), "x/b", "x/a"), Outcome::Connected, "the applied allow takes effect");
 
     // z/a loses the label x/a's policy allows it by: a new identity, no longer allowed.
-    let out = apply(
+    let out = lab_change(
         &lab_.name,
         "apply",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: z, labels: {pod: moved}}\n",
@@ -70,7 +63,7 @@ fn applied_and_deleted_policies_and_relabelled_pods_take_effect() {
     }
     assert_eq!(probe(&after, "z/a", "x/a"), Outcome::Timeout, "the relabelled pod is no longer allowed");
 
-    let out = apply(&lab_.name, "delete", ALLOW_X_B);
+    let out = lab_change(&lab_.name, "delete", ALLOW_X_B);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(probe(&lab_.plan(), "x/b", "x/a"), Outcome::Timeout, "the deleted allow no longer applies");
 }
@@ -89,7 +82,7 @@ fn an_invalid_change_changes_nothing() {
         "fromEndpoints: [{matchLabels: {pod: b}}]",
         "fromEndpoints: [{matchLabels: {pod: b}}]\n      toPorts: [{ports: [{port: \"99999\"}]}]",
     );
-    let out = apply(&lab_.name, "apply", &bad);
+    let out = lab_change(&lab_.name, "apply", &bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("change.yaml:") && stderr.contains("toPorts[0].ports[0].port"), "{stderr}");

@@ -9,7 +9,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::{Lab, dropped, probed_matrix, topology};
+use common::{Lab, dropped, flows, probed_matrix, topology, with_tunnel};
 use lab::plan::{Plan, PodPlan};
 use lab::probe::{Kind, Outcome};
 use pretty_assertions::assert_eq;
@@ -95,12 +95,6 @@ fn reach(rows: &[Peer], columns: &[Peer], kind: Kind) -> String {
     let probes: Vec<(&Peer, &Peer, Kind)> =
         rows.iter().flat_map(|r| columns.iter().map(move |c| (r, c, kind))).collect();
     table(&names(rows), &names(columns), &probes)
-}
-
-/// Every flow the agent recorded (the `flow` of each line of /run/lab/<lab>/flows.jsonl).
-fn flows(lab: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(lab::state::LabDir::of(lab).flows_path()).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).map(|v| v["flow"].clone()).collect()
 }
 
 /// Whether `flow` is a drop of a packet from `from` to `to` of `kind`.
@@ -319,18 +313,6 @@ fn entities_select_the_world_the_cluster_the_host_and_remote_nodes() {
 fn entities_select_remote_nodes_through_the_tunnel() {
     let (_dir, file) = with_tunnel("policy/entities.yaml");
     entities_are_enforced(&file);
-}
-
-/// A copy of a native-routing topology with `routingMode: tunnel`, in a folder that goes with the
-/// returned guard.
-fn with_tunnel(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let text = std::fs::read_to_string(topology(name)).unwrap();
-    let text = text.replace("routingMode: native", "routingMode: tunnel");
-    assert!(text.contains("routingMode: tunnel"));
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join(std::path::Path::new(name).file_name().unwrap());
-    std::fs::write(&file, text).unwrap();
-    (dir, file)
 }
 
 fn entities_are_enforced(file: &std::path::Path) {

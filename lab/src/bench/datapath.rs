@@ -241,7 +241,7 @@ pub fn run(seconds: Duration, mut on_sample: impl FnMut(usize, Setup, Traffic, f
     time_build(&lab.plan).context("building the lab")?;
     interrupt.check()?;
     compiled.endpoints[SERVER].entries = maps[0].clone();
-    datapath::install(&lab.plan, &compiled).context("installing the datapath")?;
+    datapath::install(&lab.plan, &compiled, &Default::default()).context("installing the datapath")?;
     let mut pair = Pair {
         interrupt: &interrupt,
         plan: &lab.plan,
@@ -465,7 +465,7 @@ impl Pair<'_> {
 
 /// CPU time in clock ticks: (the whole machine's in user and system mode, this process's). Time
 /// spent on interrupts and softirqs, where most of the packets' work is done, is in neither.
-fn cpu_ticks() -> Result<(u64, u64)> {
+pub(super) fn cpu_ticks() -> Result<(u64, u64)> {
     let machine = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     // `cpu  user nice system idle ...`
     let busy: Vec<u64> = machine
@@ -486,19 +486,19 @@ fn cpu_ticks() -> Result<(u64, u64)> {
 
 /// CPU time other processes took over some runs, and how long the runs lasted.
 #[derive(Debug, Default)]
-struct CpuLoad {
+pub(super) struct CpuLoad {
     ticks: u64,
     elapsed: Duration,
 }
 
 impl CpuLoad {
-    fn add(&mut self, elapsed: Duration, (busy_before, own_before): (u64, u64), (busy, own): (u64, u64)) {
+    pub(super) fn add(&mut self, elapsed: Duration, (busy_before, own_before): (u64, u64), (busy, own): (u64, u64)) {
         self.ticks += (busy - busy_before).saturating_sub(own - own_before);
         self.elapsed += elapsed;
     }
 
     /// On average, how many cores the other processes kept busy.
-    fn cores(&self) -> f64 {
+    pub(super) fn cores(&self) -> f64 {
         let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100);
         self.ticks as f64 / ticks_per_second as f64 / self.elapsed.as_secs_f64()
     }

@@ -414,7 +414,7 @@ fn apply_benchmark(interrupt: &Interrupt, on_step: &mut impl FnMut(Step)) -> Res
     let started = Instant::now();
     time_build(&lab.plan).context("building the lab")?;
     interrupt.check()?;
-    datapath::install(&lab.plan, &compiled).context("installing the datapath")?;
+    datapath::install(&lab.plan, &compiled, &Default::default()).context("installing the datapath")?;
     lab.dir.set_status(Status::Ready)?;
     let lab_up = started.elapsed();
     on_step(Step::LabUp(lab_up));

@@ -1,6 +1,7 @@
 //! Real TCP traffic between two pods, for `lab bench datapath`: request/response (one connection,
 //! one byte each way per transaction, as netperf's TCP_RR) and bulk (one connection, 64 KiB
-//! writes, as iperf3 sends by default).
+//! writes, as iperf3 sends by default); and for `lab bench services`, new connections (connect,
+//! one byte each way, close: netperf's TCP_CRR), to any address that leads to the server.
 //!
 //! Each socket is created inside its pod's namespace and then used from a plain thread: a socket
 //! belongs to the namespace it was created in, whichever thread uses it. With two cores or more,
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
-use socket2::SockRef;
+use socket2::{Domain, SockRef, Socket, Type};
 
 use super::Interrupt;
 use crate::net::netns;
@@ -32,6 +33,10 @@ const BULK_READ: usize = 256 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the server waits for the client to connect: longer than the client tries to.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(4);
+/// The request of the client's last connection of a run of new connections: the server answers
+/// it and stops. Every other request is [`REQUEST`].
+const LAST: u8 = 0;
+const REQUEST: u8 = 1;
 
 /// The cores the client's and the server's threads run on.
 const CLIENT_CPU: usize = 0;
@@ -82,6 +87,28 @@ impl Server {
             }
             stream.write_all(&byte).context("answering a request")?;
             answered += 1;
+        }
+    }
+
+    /// Serves connections one after the other (accept, read the 1-byte request, answer it, wait
+    /// for the client to close) until the client's [`LAST`] request; returns how many connections
+    /// it served before that one.
+    fn serve_connections(&self) -> Result<u64> {
+        let mut served = 0;
+        loop {
+            let (mut stream, _) = self.listener.accept().context("waiting for the client to connect")?;
+            stream.set_read_timeout(Some(IO_TIMEOUT))?;
+            stream.set_write_timeout(Some(IO_TIMEOUT))?;
+            let mut request = [0u8; 1];
+            stream.read_exact(&mut request).context("reading a request")?;
+            stream.write_all(&request).context("answering a request")?;
+            // The client closes with a reset: waiting for it (end of file or ECONNRESET) keeps
+            // this side from sending a FIN, so a connection is the same packets every time.
+            let _ = stream.read(&mut [0u8; 1]);
+            if request[0] == LAST {
+                return Ok(served);
+            }
+            served += 1;
         }
     }
 
@@ -181,4 +208,73 @@ fn stream_for(netns: &File, to: SocketAddrV4, duration: Duration, interrupt: &In
     }
     stream.shutdown(Shutdown::Write).context("hanging up")?;
     Ok((sent, started))
+}
+
+/// New connections for `duration` from the client pod's namespace to `to`, an address that leads
+/// to `server` (its own, or a service's): each connects, sends a 1-byte request, reads the 1-byte
+/// answer and closes. (Connections per second, connections.)
+///
+/// The client closes with SO_LINGER 0, so it sends a reset rather than a FIN and keeps no
+/// TIME_WAIT socket: ephemeral ports are never exhausted, however many connections a run makes,
+/// and no sysctl of any namespace is changed.
+pub fn new_connections(
+    client: &File,
+    server: &Server,
+    to: SocketAddrV4,
+    duration: Duration,
+    interrupt: &Interrupt,
+) -> Result<(f64, u64)> {
+    std::thread::scope(|scope| {
+        let serving = scope.spawn(|| pin_to(SERVER_CPU).and_then(|()| server.serve_connections()));
+        let measured = scope
+            .spawn(|| pin_to(CLIENT_CPU).and_then(|()| connect_repeatedly(client, to, duration, interrupt)))
+            .join()
+            .map_err(|_| anyhow!("the client panicked"))?;
+        let served = serving.join().map_err(|_| anyhow!("the server panicked"))?;
+        let (connections, elapsed) = measured?;
+        let served = served?;
+        ensure!(served == connections, "the server served {served} connections, the client made {connections}");
+        Ok((connections as f64 / elapsed.as_secs_f64(), connections))
+    })
+}
+
+/// Opens connections to `to` from inside `netns` until the deadline, then one [`LAST`] that ends
+/// the server's loop: (connections before it, the time they took).
+fn connect_repeatedly(
+    netns: &File,
+    to: SocketAddrV4,
+    duration: Duration,
+    interrupt: &Interrupt,
+) -> Result<(u64, Duration)> {
+    // This thread stays in the pod for the whole run: every socket is created there.
+    let _inside = netns::NetnsGuard::enter(netns).context("entering the client pod")?;
+    let mut connections = 0u64;
+    let started = Instant::now();
+    let deadline = started + duration;
+    while Instant::now() < deadline {
+        exchange(to, REQUEST).with_context(|| format!("connection {} to {to}", connections + 1))?;
+        connections += 1;
+        if connections.is_multiple_of(256) {
+            interrupt.check()?;
+        }
+    }
+    let elapsed = started.elapsed();
+    exchange(to, LAST).with_context(|| format!("the last connection to {to}"))?;
+    Ok((connections, elapsed))
+}
+
+/// One connection: connect, a 1-byte request, its answer, and a reset.
+fn exchange(to: SocketAddrV4, request: u8) -> Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).context("creating a socket")?;
+    socket.set_linger(Some(Duration::ZERO))?;
+    // A blocking connect gives up after the send timeout.
+    socket.set_write_timeout(Some(IO_TIMEOUT))?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    socket.connect(&SocketAddr::V4(to).into()).context("connecting")?;
+    let mut stream = TcpStream::from(socket);
+    stream.write_all(&[request]).context("sending the request")?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).context("waiting for the answer")?;
+    ensure!(answer[0] == request, "the answer was {}, not the request {request}", answer[0]);
+    Ok(())
 }

@@ -6,6 +6,10 @@
 //!
 //! `lab bench policy`: compiling 10,000 rules over 5,000 identities, and one changed rule applied
 //! to 1,000 endpoints of a running lab until the datapath enforces it, with the memory used.
+//!
+//! `lab bench services [--services 10,10000,50000] [--seconds 2]`: new connections per second
+//! through a ClusterIP as the number of services grows, translated by the datapath and by
+//! kube-proxy's iptables rules.
 
 use std::time::Duration;
 
@@ -15,6 +19,7 @@ use serde_json::json;
 use super::ls::Format;
 use crate::bench::datapath::{self, DatapathResult, LARGE_MAP, ROUNDS, Row, SMALL_MAP, Setup, Traffic, thousands};
 use crate::bench::policy::{self as policy_bench, PolicyResult, Step};
+use crate::bench::services::{self as services_bench, Progress, ServicesResult, Translation};
 use crate::bench::{self, UpResult};
 
 /// The acceptance targets, set for this many pods on two cores.
@@ -32,6 +37,11 @@ const NOISY_LOAD: f64 = 0.1;
 const TARGET_COMPILE: Duration = Duration::from_secs(1);
 /// One changed rule, from `lab apply` to the datapath enforcing it on every endpoint.
 const TARGET_ENFORCED: Duration = Duration::from_millis(50);
+/// The BPF datapath's new-connection rate with this many services...
+const TARGET_MANY_SERVICES: usize = 50_000;
+/// ...at most this much below its rate with this many.
+const TARGET_FEW_SERVICES: usize = 10;
+const TARGET_SERVICES_LOSS: f64 = 0.1;
 
 pub fn up(pods: &[usize], nodes: usize, format: Format) -> Result<()> {
     super::require_root()?;
@@ -497,4 +507,213 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         }
     }
     lines
+}
+
+pub fn services(counts: &[usize], seconds: Duration, format: Format) -> Result<()> {
+    super::require_root()?;
+    let result = services_bench::run(counts, seconds, |step| match step {
+        Progress::Prepared { took } => {
+            eprintln!("services, service maps and iptables rules computed in {} ms", ms(took))
+        }
+        Progress::LabUp { took } => eprintln!("lab up with its datapath in {} ms", ms(took)),
+        Progress::Loaded { setup, took } => {
+            let what = match setup.translation {
+                Translation::Bpf => "service maps written",
+                Translation::Iptables => "iptables rules loaded",
+            };
+            eprintln!("{} services: {what} in {:.1} ms", thousands(setup.services), fine_ms(took))
+        }
+        Progress::Sample { round, setup, rate } => {
+            eprintln!("round {}/{}, {setup}: {rate:.0} connections/s", round + 1, services_bench::ROUNDS)
+        }
+    })?;
+    let verdicts = services_verdicts(&result);
+    match format {
+        Format::Json => {
+            let mut report = result.as_json();
+            report["cores"] = json!(cores());
+            report["targets"] =
+                verdicts.iter().map(|v| json!({"target": v.target, "met": v.met, "measured": v.measured})).collect();
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Format::Table => print_services_table(&result, &verdicts),
+    }
+    Ok(())
+}
+
+fn services_verdicts(result: &ServicesResult) -> Vec<Verdict> {
+    let (few, many) = (TARGET_FEW_SERVICES, TARGET_MANY_SERVICES);
+    if !result.counts.contains(&few) || !result.counts.contains(&many) || result.counts[0] != few {
+        return Vec::new();
+    }
+    let (at_few, at_many) = (result.row(Translation::Bpf, few), result.row(Translation::Bpf, many));
+    let ratio = result.vs_fewest(at_many);
+    vec![Verdict {
+        target: format!(
+            "BPF new-connection rate at {} services within {:.0}% of its rate at {few}",
+            thousands(many),
+            TARGET_SERVICES_LOSS * 100.0
+        ),
+        met: ratio >= 1.0 - TARGET_SERVICES_LOSS,
+        measured: format!(
+            "{:+.1}%: medians {:.0} vs {:.0} connections/s",
+            (ratio - 1.0) * 100.0,
+            at_many.rate(),
+            at_few.rate()
+        ),
+    }]
+}
+
+fn print_services_table(result: &ServicesResult, verdicts: &[Verdict]) {
+    let fewest = thousands(result.counts[0]);
+    let vs = format!("vs {fewest}");
+    let header = [
+        "services",
+        "BPF (conn/s)",
+        vs.as_str(),
+        "spread",
+        "maps (ms)",
+        "iptables (conn/s)",
+        vs.as_str(),
+        "spread",
+        "rules",
+        "load (ms)",
+        "iptables/BPF",
+    ];
+    let dash = || "-".to_string();
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for (i, &n) in result.counts.iter().enumerate() {
+        let (bpf, iptables) = (result.row(Translation::Bpf, n), result.row(Translation::Iptables, n));
+        let load = |row: &services_bench::Row| row.load().map_or_else(dash, |d| format!("{:.1}", fine_ms(d)));
+        rows.push(vec![
+            thousands(n),
+            format!("{:.0}", bpf.rate()),
+            format!("{:.3}", result.vs_fewest(bpf)),
+            format!("{:.0}%", bpf.spread() * 100.0),
+            load(bpf),
+            format!("{:.0}", iptables.rate()),
+            format!("{:.3}", result.vs_fewest(iptables)),
+            format!("{:.0}%", iptables.spread() * 100.0),
+            thousands(result.rules[i]),
+            load(iptables),
+            format!("{:.3}", result.iptables_vs_bpf(n)),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| rows.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, &width)| format!("{cell:>width$}")).collect();
+        println!("{}", cells.join("  "));
+    }
+    let samples = |translation: Translation| -> String {
+        result
+            .counts
+            .iter()
+            .map(|&n| {
+                let row = result.row(translation, n);
+                let runs: Vec<String> = row.rates.iter().map(|r| format!("{r:.0}")).collect();
+                format!("{}: {}", thousands(n), runs.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let by_round = |translation: Translation| -> String {
+        result.counts[1..]
+            .iter()
+            .map(|&n| {
+                let ratios = result.vs_fewest_by_round(result.row(translation, n));
+                let ratios: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                format!("{}: {}", thousands(n), ratios.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let loads: Vec<String> = result
+        .rows
+        .iter()
+        .map(|row| format!("{} {}: {:.2}", row.setup.translation, thousands(row.setup.services), row.other_load))
+        .collect();
+    let text = [
+        format!(
+            "Medians of {} rounds of {} s runs, on {} cores: each round measures every setup once, a translation's runs \
+             at every count back to back, in the same order every round (BPF from fewest to most services, then iptables from most to fewest), {} s of quiet after every change of maps or rules before the next run (and 40 µs more per rule removed), and an uncounted {} s run after every change of translation. A run: from the client pod, connect to \
+             the ClusterIP {} (`{}/{}`, one backend, the server pod's {}), send 1 byte, read the 1-byte answer, \
+             close with a reset (SO_LINGER 0, so no TIME_WAIT), over and over (TCP_CRR); client thread on the first \
+             core, server thread on the second, both pods on one node. {} services defined: the measured one and \
+             fillers `svc-00001`, ..., each a ClusterIP with the same one backend.",
+            services_bench::ROUNDS,
+            result.seconds.as_secs(),
+            cores(),
+            services_bench::SETTLE.as_secs(),
+            services_bench::WARM_UP.as_secs(),
+            result.frontend,
+            "default",
+            services_bench::MEASURED,
+            result.backend,
+            result.counts.iter().map(|n| thousands(*n)).collect::<Vec<_>>().join(", ")
+        ),
+        "BPF: the datapath as `lab up` installs it; the client's from_container looks the ClusterIP up in the \
+         service maps and DNATs to the backend; no netfilter rule in the node. maps: writing the services into \
+         the empty service maps (`lb::sync`). iptables: the client's and server's programs detached (bare veths), \
+         kube-proxy's iptables-mode nat rules for the same services loaded with iptables-restore inside the \
+         node's namespace: PREROUTING -> KUBE-SERVICES, one rule per service, -> KUBE-SVC-x -> KUBE-SEP-y -> DNAT. \
+         The measured service is the last service rule of KUBE-SERVICES (kube-proxy writes the chain in Go map \
+         order; here namespace/name order, and `web` sorts after `svc-*`), so every new connection walks all of \
+         them: the worst case. load: iptables-restore of the whole table into a node without rules; rules: the \
+         rules it holds."
+            .to_string(),
+        format!(
+            "vs {fewest}: a translation's rate over its own at {fewest} services, the median of the ratios within each \
+             round. iptables/BPF: iptables' rate over BPF's at the same count, paired by round. spread: (max - min) / \
+             median of the runs. iptables: {}; its DNAT rule for the measured service counted {} of the {} \
+             connections of the iptables runs.",
+            result.iptables, result.dnat_counted, result.iptables_connections
+        ),
+        format!(
+            "Runs (connections/s). BPF: {}. iptables: {}.",
+            samples(Translation::Bpf),
+            samples(Translation::Iptables)
+        ),
+        format!(
+            "Ratios vs {fewest} by round. BPF: {}. iptables: {}.",
+            by_round(Translation::Bpf),
+            by_round(Translation::Iptables)
+        ),
+        format!("Cores other processes kept busy during the runs: {}.", loads.join("; ")),
+    ];
+    for paragraph in text {
+        println!();
+        for line in wrap(&paragraph, 100) {
+            println!("{line}");
+        }
+    }
+    let widest = result.rows.iter().map(|row| row.spread()).fold(0.0, f64::max);
+    let busiest = result.rows.iter().map(|row| row.other_load).fold(0.0, f64::max);
+    if widest > TARGET_SERVICES_LOSS || busiest > NOISY_LOAD {
+        println!("The runs were disturbed: the ratios carry that noise. Run the benchmark again on a quiet host.");
+    }
+    println!();
+    if verdicts.is_empty() {
+        println!(
+            "targets: not checked; they compare {} and {} services, measure both (--services {},{})",
+            TARGET_FEW_SERVICES, TARGET_MANY_SERVICES, TARGET_FEW_SERVICES, TARGET_MANY_SERVICES
+        );
+    }
+    for v in verdicts {
+        println!("target {}: {} ({})", v.target, if v.met { "met" } else { "MISSED" }, v.measured);
+    }
+    if let (Some(&first), Some(&last)) = (result.counts.first(), result.counts.last())
+        && first != last
+    {
+        let iptables = result.row(Translation::Iptables, last);
+        println!(
+            "iptables at {} services: {:+.1}% against {} (medians {:.0} vs {:.0} connections/s); {:.3} of BPF's rate",
+            thousands(last),
+            (result.vs_fewest(iptables) - 1.0) * 100.0,
+            thousands(first),
+            iptables.rate(),
+            result.row(Translation::Iptables, first).rate(),
+            result.iptables_vs_bpf(last)
+        );
+    }
 }

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod probe;
+pub mod services;
 pub mod up;
 pub mod validate;
 

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::plan::Plan;
 use crate::policy::Compiled;
+use crate::services::Services;
 use crate::state::{LabDir, Status};
 use crate::topology::{self, Loaded, validate};
 use crate::{agent, datapath, live, realise, ui};
@@ -50,7 +51,8 @@ pub fn create(loaded: &Loaded, name: &str) -> Result<Plan> {
     // Policies are compiled before anything is created: a policy that is wrong or does not fit
     // changes nothing on the host.
     let compiled = live::compile(&plan, &loaded.resources)?;
-    for warning in &compiled.warnings {
+    let services = live::services(&plan, &loaded.resources)?;
+    for warning in compiled.warnings.iter().chain(&services.warnings) {
         ui::warning(warning);
     }
     // So is the kernel: one that lacks something the lab needs is named before anything exists.
@@ -67,7 +69,7 @@ pub fn create(loaded: &Loaded, name: &str) -> Result<Plan> {
     }
     realise::crash_point("recorded");
 
-    if let Err(error) = build(&lab, &plan, &compiled) {
+    if let Err(error) = build(&lab, &plan, &compiled, &services) {
         let cleanup = realise::teardown(&lab);
         let error = error.context(format!("bringing up lab `{name}` failed"));
         return Err(match cleanup {
@@ -82,7 +84,7 @@ pub fn create(loaded: &Loaded, name: &str) -> Result<Plan> {
     Ok(plan)
 }
 
-fn build(lab: &LabDir, plan: &Plan, policy: &Compiled) -> Result<()> {
+fn build(lab: &LabDir, plan: &Plan, policy: &Compiled, services: &Services) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let progress = ui::progress("up");
     let built = runtime.block_on(async {
@@ -95,7 +97,7 @@ fn build(lab: &LabDir, plan: &Plan, policy: &Compiled) -> Result<()> {
     drop(runtime);
     built?;
     realise::crash_point("built");
-    datapath::install(plan, policy)?;
+    datapath::install(plan, policy, services)?;
     agent::spawn(lab).context("starting the lab agent")?;
     realise::crash_point("served");
     Ok(())

@@ -24,6 +24,8 @@ pub mod drop {
     pub const INVALID_SOURCE_IP: u8 = 132;
     pub const POLICY: u8 = 133;
     pub const INVALID_PACKET: u8 = 134;
+    pub const NO_SERVICE: u8 = 158;
+    pub const NAT_NO_MAPPING: u8 = 167;
     pub const NO_TUNNEL_ENDPOINT: u8 = 160;
     pub const POLICY_DENY: u8 = 181;
 }
@@ -169,6 +171,108 @@ pub struct CtEntry {
     pub tx_flags_seen: u8,
     pub rx_flags_seen: u8,
     pub pad: u8,
+    /// `CT_SERVICE` entries: the backend the connection was given.
+    pub backend_id: u32,
+    /// The service frontend its replies are translated back to; 0: none.
+    pub rev_nat_index: u16,
+    pub pad2: u16,
+}
+
+/// The conntrack scope of a connection to a service, before its DNAT (`ct_key.direction`).
+pub const CT_SERVICE: u8 = 4;
+
+/// Masquerade: where one direction of a translated connection is translated to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    /// Network order.
+    pub address: u32,
+    /// Network order; the ICMP echo identifier.
+    pub port: u16,
+    pub pad: u16,
+}
+
+/// A service frontend's slot: 0 is the master entry, 1.. its backends.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4Key {
+    /// Network order.
+    pub address: u32,
+    /// Network order.
+    pub dport: u16,
+    pub backend_slot: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+pub const LB4_F_AFFINITY: u8 = 1;
+pub const LB4_F_NODEPORT: u8 = 2;
+pub const LB4_F_MAGLEV: u8 = 4;
+/// Slots of each frontend's Maglev table (a prime).
+pub const MAGLEV_SIZE: u32 = 1021;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub rev_nat_index: u16,
+    pub pad: u16,
+    pub slot: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4Service {
+    /// Slots 1..: the backend; slot 0: the affinity timeout in seconds.
+    pub backend_id: u32,
+    /// Slot 0: the active backends, which new connections may pick.
+    pub count: u16,
+    pub rev_nat_index: u16,
+    pub flags: u8,
+    pub pad: u8,
+    /// Slot 0: the backends after the active ones, kept for their established connections.
+    pub terminating: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4Backend {
+    /// Network order.
+    pub address: u32,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    /// `BE_STATE_*`.
+    pub state: u8,
+}
+
+pub const BE_STATE_ACTIVE: u8 = 0;
+pub const BE_STATE_TERMINATING: u8 = 1;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4ReverseNat {
+    /// Network order.
+    pub address: u32,
+    /// Network order.
+    pub port: u16,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4AffinityKey {
+    /// Network order.
+    pub client: u32,
+    pub rev_nat_index: u16,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lb4Affinity {
+    pub last_used: u64,
+    pub backend_id: u32,
+    pub pad: u32,
 }
 
 #[repr(C)]
@@ -195,6 +299,11 @@ pub struct Event {
     pub is_reply: u8,
     pub sample_len: u16,
     pub packet_len: u32,
+    /// The service frontend of translated traffic; 0: none.
+    pub rev_nat_index: u16,
+    pub pad: u16,
+    /// A reverse-NATed reply's source before translation (the backend), network order.
+    pub orig_ip: u32,
     pub sample: [u8; EVENT_SAMPLE],
 }
 
@@ -223,6 +332,11 @@ unsafe impl aya::Pod for PolicyEntry {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtEntry {}
 unsafe impl aya::Pod for MetricsValue {}
+unsafe impl aya::Pod for Lb4Key {}
+unsafe impl aya::Pod for MaglevKey {}
+unsafe impl aya::Pod for Lb4Service {}
+unsafe impl aya::Pod for Lb4Backend {}
+unsafe impl aya::Pod for Lb4ReverseNat {}
 
 /// The Rust mirrors against the C definitions, as clang laid them out: read back from the `.BTF`
 /// section of the compiled objects.
@@ -312,8 +426,15 @@ mod layout {
             structs,
             "ct_entry",
             CtEntry,
-            [expires, packets, src_identity, flags, tx_flags_seen, rx_flags_seen, pad]
+            [expires, packets, src_identity, flags, tx_flags_seen, rx_flags_seen, pad, backend_id, rev_nat_index, pad2]
         );
+        check!(structs, "lb4_key", Lb4Key, [address, dport, backend_slot, proto, pad]);
+        check!(structs, "lb4_service", Lb4Service, [backend_id, count, rev_nat_index, flags, pad, terminating]);
+        check!(structs, "lb4_backend", Lb4Backend, [address, port, proto, state]);
+        check!(structs, "lb4_reverse_nat", Lb4ReverseNat, [address, port, pad]);
+        check!(structs, "lb4_affinity_key", Lb4AffinityKey, [client, rev_nat_index, pad]);
+        check!(structs, "lb4_affinity", Lb4Affinity, [last_used, backend_id, pad]);
+        check!(structs, "maglev_key", MaglevKey, [rev_nat_index, pad, slot]);
         check!(structs, "metrics_value", MetricsValue, [packets, bytes]);
         check!(
             structs,
@@ -334,11 +455,15 @@ mod layout {
                 is_reply,
                 sample_len,
                 packet_len,
+                rev_nat_index,
+                pad,
+                orig_ip,
                 sample
             ]
         );
         // The node object shares the maps, so it must agree too.
         let host = btf_structs(crate::datapath::loader::HOST_OBJECT);
         check!(host, "ipcache_entry", IpcacheEntry, [identity, tunnel_endpoint]);
+        check!(host, "nat_entry", NatEntry, [address, port, pad]);
     }
 }

@@ -13,6 +13,7 @@ use aya::programs::links::FdLink;
 use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
+use super::maps::ipv4;
 use super::pins;
 use crate::net::netns;
 use crate::plan::{Plan, UPLINK_NAME, VXLAN_NAME};
@@ -62,9 +63,18 @@ pub fn attach(plan: &Plan) -> Result<()> {
     let nodes = open_nodes(plan)?;
     // Every node first: the loader keeps the globals it was given, and the pods' are not in the
     // node object.
-    for (node, planned) in nodes.iter().zip(&plan.nodes) {
+    let native_routing = [plan.native_routing_cidr.network(), plan.native_routing_cidr.netmask()].map(ipv4);
+    let node_ips: Vec<u32> = plan.nodes.iter().map(|n| ipv4(n.ip.addr())).collect();
+    let masquerade = u8::from(plan.masquerade);
+    for ((node, planned), node_ip) in nodes.iter().zip(&plan.nodes).zip(&node_ips) {
         loader.default_map_pin_directory(pins::node_dir(&plan.lab, node.name));
-        loader.override_global("NODE_ID", &planned.id, true);
+        // Not `must_exist`: the loader keeps them for the pods' object, which has none of them.
+        loader
+            .override_global("NODE_ID", &planned.id, true)
+            .override_global("NODE_IP", node_ip, false)
+            .override_global("MASQUERADE", &masquerade, false)
+            .override_global("NATIVE_ROUTING_NET", &native_routing[0], false)
+            .override_global("NATIVE_ROUTING_MASK", &native_routing[1], false);
         let mut host =
             loader.load(HOST_OBJECT).with_context(|| format!("loading the datapath of node {}", node.name))?;
         node.attach(&mut host, "from_netdev", UPLINK_NAME, TcAttachType::Ingress)?;

@@ -70,7 +70,7 @@ pub fn endpoints(plan: &Plan, node: usize, flags: impl Fn(usize) -> u32) -> BTre
     pods.chain(addresses.map(|address| (address, host))).collect()
 }
 
-fn open(path: &std::path::Path) -> Result<MapData> {
+pub(super) fn open(path: &std::path::Path) -> Result<MapData> {
     MapData::from_pin(path).with_context(|| format!("opening the pinned map {}", path.display()))
 }
 
@@ -163,27 +163,34 @@ fn policy_key(bits: &Key<[u8; 8]>) -> PolicyKey {
 /// The policy map of endpoint `endpoint` (see [`policy_pin`]) as the kernel holds it, counters
 /// included.
 pub fn read_policy(plan: &Plan, endpoint: usize) -> Result<BTreeMap<PolicyKey, PolicyEntry>> {
-    policy_map(plan, endpoint)?.iter().map(|item| item.map(|(k, e)| (policy_key(&k), e)).map_err(Into::into)).collect()
+    policy_entries(&policy_map(plan, endpoint)?)
+}
+
+fn policy_entries(map: &LpmTrie<MapData, [u8; 8], PolicyEntry>) -> Result<BTreeMap<PolicyKey, PolicyEntry>> {
+    map.iter().map(|item| item.map(|(k, e)| (policy_key(&k), e)).map_err(Into::into)).collect()
 }
 
 /// Makes the policy map of endpoint `endpoint` (see [`policy_pin`]) hold exactly `entries`: new
 /// and changed entries are written, entries no longer wanted removed, unchanged ones (and their
-/// counters) kept.
-pub fn sync_policy(plan: &Plan, endpoint: usize, entries: &BTreeMap<PolicyKey, PolicyEntry>) -> Result<()> {
-    let present = read_policy(plan, endpoint)?;
+/// counters) kept. Whether anything was written or removed.
+pub fn sync_policy(plan: &Plan, endpoint: usize, entries: &BTreeMap<PolicyKey, PolicyEntry>) -> Result<bool> {
     let mut map = policy_map(plan, endpoint)?;
+    let present = policy_entries(&map)?;
+    let mut changed = false;
     for (key, entry) in &present {
         if !entries.get(key).is_some_and(|want| same_rule(want, entry)) {
             map.remove(&policy_bits(key))?;
+            changed = true;
         }
     }
     for (key, entry) in entries {
         if !present.get(key).is_some_and(|have| same_rule(entry, have)) {
             map.insert(&policy_bits(key), *entry, 0)
                 .with_context(|| format!("policy of {}", endpoint_name(plan, endpoint)))?;
+            changed = true;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Equal but for the counter.

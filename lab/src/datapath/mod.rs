@@ -3,6 +3,7 @@
 
 pub mod abi;
 pub mod features;
+pub mod lb;
 pub mod loader;
 pub mod maps;
 pub mod pins;
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::plan::Plan;
 use crate::policy::{self, Compiled};
+use crate::services::Services;
 
 /// The lab's endpoints as the policy engine sees them: the pods in plan order, then each node's
 /// host endpoint in node order (see [`host_endpoint`]).
@@ -42,9 +44,9 @@ pub fn host_endpoint(plan: &Plan, node: usize) -> usize {
     plan.pods.len() + node
 }
 
-/// Loads the datapath into a built lab and fills its maps: ipcache and endpoints per node, and
-/// every endpoint's policy with its enforcement.
-pub fn install(plan: &Plan, policy: &Compiled) -> Result<()> {
+/// Loads the datapath into a built lab and fills its maps: ipcache, endpoints and services per
+/// node, and every endpoint's policy with its enforcement.
+pub fn install(plan: &Plan, policy: &Compiled, services: &Services) -> Result<()> {
     loader::prepare_pins(plan)?;
     loader::attach(plan).context("attaching the datapath")?;
     for (endpoint, compiled) in policy.endpoints.iter().enumerate() {
@@ -52,5 +54,6 @@ pub fn install(plan: &Plan, policy: &Compiled) -> Result<()> {
     }
     maps::fill_nodes(plan, &policy.cidr_identities, |endpoint| policy.endpoints[endpoint].flags())
         .context("filling the datapath's maps")?;
+    lb::sync(plan, services).context("filling the service maps")?;
     Ok(())
 }

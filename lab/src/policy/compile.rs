@@ -18,7 +18,8 @@ use super::cidr::{self, CidrPeer};
 use super::knp;
 use super::ports::{IPPROTO_TCP, IPPROTO_UDP, PortSpec, split_range};
 use super::rule::{Direction, Item, Peer, Peers, Rule, RuleInfo};
-use super::selector::{LabelKey, NAMESPACE_KEY, Source};
+use super::selector::{LabelKey, NAMESPACE_KEY, Selector, Source};
+use super::selector_cache::SelectorCache;
 use super::{CapacityError, Compiled, Endpoint, EndpointPolicy, Options, PolicySet};
 
 /// Key prefix bits of the protocol.
@@ -29,35 +30,51 @@ const PROTOCOL_BITS: u32 = 8;
 enum Resolved {
     /// Any identity: key identity 0.
     Wildcard,
-    Identities(BTreeSet<u32>),
+    /// Ascending, without duplicates.
+    Identities(Vec<u32>),
 }
 
 /// What peers resolve against.
 struct Resolver<'a> {
-    /// Every identity in use, CIDR identities included.
-    identities: &'a BTreeMap<u32, Labels>,
+    /// Every identity in use but 0, CIDR identities included: the members of `peers`.
+    identities: Vec<u32>,
+    peers: SelectorCache<'a>,
     cidr_identities: &'a BTreeMap<Ipv4Net, u32>,
     endpoints: &'a [Endpoint],
     semantics: PolicySemantics,
 }
 
-impl Resolver<'_> {
-    fn resolve(&self, item: &Item, info: &RuleInfo, warnings: &mut Vec<Diagnostic>) -> Resolved {
+impl<'a> Resolver<'a> {
+    fn new(
+        identities: &'a BTreeMap<u32, Labels>,
+        cidr_identities: &'a BTreeMap<Ipv4Net, u32>,
+        endpoints: &'a [Endpoint],
+        semantics: PolicySemantics,
+    ) -> Resolver<'a> {
+        let peers = identities.iter().filter(|(id, _)| **id != 0);
+        Resolver {
+            identities: peers.clone().map(|(id, _)| *id).collect(),
+            peers: SelectorCache::new(peers.map(|(_, labels)| labels)),
+            cidr_identities,
+            endpoints,
+            semantics,
+        }
+    }
+
+    /// The identities `selector` matches.
+    fn select(&mut self, selector: &Selector) -> impl Iterator<Item = u32> {
+        self.peers.select(selector).iter().map(|&member| self.identities[member])
+    }
+
+    fn resolve(&mut self, item: &Item, info: &RuleInfo, warnings: &mut Vec<Diagnostic>) -> Resolved {
         let Peers::List(list) = &item.peers else {
             return Resolved::Wildcard;
         };
-        let mut ids = BTreeSet::new();
+        let mut ids = Vec::new();
         for peer in list {
             match peer {
-                Peer::Selector(selector) => {
-                    ids.extend(
-                        self.identities
-                            .iter()
-                            .filter(|(id, labels)| **id != 0 && selector.matches(labels))
-                            .map(|(id, _)| *id),
-                    );
-                }
-                Peer::Entity(entity) => match entity.resolve(self.identities) {
+                Peer::Selector(selector) => ids.extend(self.select(selector)),
+                Peer::Entity(entity) => match entity.resolve(|selector| self.select(selector).collect()) {
                     None => return Resolved::Wildcard,
                     Some(set) => ids.extend(set),
                 },
@@ -65,6 +82,8 @@ impl Resolver<'_> {
                 Peer::Nothing => {}
             }
         }
+        ids.sort_unstable();
+        ids.dedup();
         Resolved::Identities(ids)
     }
 
@@ -262,6 +281,13 @@ fn insert(entries: &mut BTreeMap<PolicyKey, PolicyEntry>, key: PolicyKey, entry:
 /// or 0, the deny's protocol/port prefix containing the allow's) into a deny at its own key,
 /// carrying the lowest cookie among the covering denies.
 pub(crate) fn apply_denies(entries: &mut BTreeMap<PolicyKey, PolicyEntry>) {
+    // Most maps have no deny, and most allows of the others no deny of their direction and
+    // identity (or 0): looking up every prefix of every allow would cost a map search each.
+    let denied: BTreeSet<(u8, u32)> =
+        entries.iter().filter(|(_, entry)| entry.deny != 0).map(|(key, _)| (key.egress, key.identity)).collect();
+    if denied.is_empty() {
+        return;
+    }
     let mut converted = Vec::new();
     for (key, entry) in entries.iter() {
         if entry.deny != 0 {
@@ -269,6 +295,9 @@ pub(crate) fn apply_denies(entries: &mut BTreeMap<PolicyKey, PolicyEntry>) {
         }
         let port = u16::from_be(key.dport);
         let identities: &[u32] = if key.identity == 0 { &[0] } else { &[key.identity, 0] };
+        if !identities.iter().any(|&identity| denied.contains(&(key.egress, identity))) {
+            continue;
+        }
         let prefixes = std::iter::once(POLICY_PREFIX_STATIC)
             .chain(POLICY_PREFIX_STATIC + PROTOCOL_BITS..=key.prefixlen.min(crate::datapath::abi::POLICY_PREFIX_FULL));
         let covering = prefixes
@@ -322,12 +351,7 @@ pub(crate) fn compile(
     }
     let mut warnings = set.warnings.clone();
     warnings.extend(set.semantic_warnings.iter().filter(|(s, _)| *s == options.semantics).map(|(_, d)| d.clone()));
-    let resolver = Resolver {
-        identities: &all_identities,
-        cidr_identities: &cidr_identities,
-        endpoints,
-        semantics: options.semantics,
-    };
+    let mut resolver = Resolver::new(&all_identities, &cidr_identities, endpoints, options.semantics);
     let resolved: Vec<Vec<Resolved>> = set
         .rules
         .iter()
@@ -336,7 +360,7 @@ pub(crate) fn compile(
                 .iter()
                 .map(|item| {
                     if skipped(rule, item.direction, options.semantics) {
-                        return Resolved::Identities(BTreeSet::new());
+                        return Resolved::Identities(Vec::new());
                     }
                     resolver.resolve(item, &set.infos[item.rule as usize - 1], &mut warnings)
                 })
@@ -353,20 +377,30 @@ pub(crate) fn compile(
         });
     }
 
+    let subject_labels: Vec<Labels> = endpoints.iter().map(|e| subject_labels(e, identities)).collect();
+    let mut subjects = SelectorCache::new(&subject_labels);
+    // Each endpoint's rules, in rule order.
+    let mut rules_of: Vec<Vec<usize>> = vec![Vec::new(); endpoints.len()];
+    for (index, rule) in set.rules.iter().enumerate() {
+        // A nodeSelector selects host endpoints only, an endpointSelector pods only.
+        for &endpoint in subjects.select(&rule.subject) {
+            if endpoints[endpoint].host == rule.hosts {
+                rules_of[endpoint].push(index);
+            }
+        }
+    }
+
     let egress_names = named_ports(endpoints);
     let mut errors = Vec::new();
     let mut policies = Vec::with_capacity(endpoints.len());
 
     for (index, endpoint) in endpoints.iter().enumerate() {
-        let labels = subject_labels(endpoint, identities);
         let mut entries = BTreeMap::new();
         // `always`: every pod is in default deny both ways, selected or not.
         let mut default_deny = [options.enforcement == PolicyEnforcement::Always && !endpoint.host; 2];
         let mut contributors = BTreeSet::new();
-        for (rule, resolved) in set.rules.iter().zip(&resolved) {
-            if rule.hosts != endpoint.host || !rule.subject.matches(&labels) {
-                continue;
-            }
+        for &selected in &rules_of[index] {
+            let (rule, resolved) = (&set.rules[selected], &resolved[selected]);
             default_deny[0] |= rule.default_deny_ingress && !skipped(rule, Direction::Ingress, options.semantics);
             default_deny[1] |= rule.default_deny_egress && !skipped(rule, Direction::Egress, options.semantics);
             for (item, peers) in rule.items.iter().zip(resolved) {
@@ -381,12 +415,15 @@ pub(crate) fn compile(
                         warnings.push(warning);
                     }
                 }
-                let ids: Vec<u32> = match peers {
-                    Resolved::Wildcard => vec![0],
-                    Resolved::Identities(ids) => ids.iter().copied().collect(),
+                let ids: &[u32] = match peers {
+                    Resolved::Wildcard => &[0],
+                    Resolved::Identities(ids) => ids,
                 };
+                if !ids.is_empty() && !blocks.is_empty() {
+                    contributors.insert(item.rule);
+                }
                 let egress = item.direction.is_egress();
-                for &identity in &ids {
+                for &identity in ids {
                     for &block in &blocks {
                         let (key, prefix_length) = key(identity, egress, block);
                         let entry = PolicyEntry {
@@ -397,7 +434,6 @@ pub(crate) fn compile(
                             packets: 0,
                         };
                         insert(&mut entries, key, entry);
-                        contributors.insert(item.rule);
                     }
                 }
             }

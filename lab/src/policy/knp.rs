@@ -22,7 +22,7 @@ use crate::topology::load::Diagnostic;
 use crate::topology::resources::Resource;
 
 use super::cidr::{self, CidrPeer};
-use super::cnp::{NAMESPACE_LABELS_PREFIX, PortValue, serde_field};
+use super::cnp::{NAMESPACE_LABELS_PREFIX, PortValue, deserialize_untagged, serde_field};
 use super::ports::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, PortSpec, ProtocolSpec, is_port_name};
 use super::rule::{Direction, Item, Peer, Peers, PortRule, Rule, RuleInfo};
 use super::selector::{LabelKey, NAMESPACE_KEY, Requirement, Selector, SelectorSpec, Source};
@@ -143,11 +143,16 @@ impl Context<'_> {
         let Some(value) = object.and_then(|o| o.get("spec")).filter(|v| !v.is_null()) else {
             return Err(self.error("spec", "a NetworkPolicy needs a `spec` with a `podSelector`"));
         };
-        let text = serde_yaml::to_string(value).map_err(|e| self.error("spec", e.to_string()))?;
-        let spec: NetworkPolicySpec = serde_yaml::from_str(&text).map_err(|e| {
-            let (field, message) = serde_field("spec", &e);
-            self.error(&field, message)
-        })?;
+        let spec: NetworkPolicySpec = match deserialize_untagged(value) {
+            Some(spec) => spec,
+            None => {
+                let text = serde_yaml::to_string(value).map_err(|e| self.error("spec", e.to_string()))?;
+                serde_yaml::from_str(&text).map_err(|e| {
+                    let (field, message) = serde_field("spec", &e);
+                    self.error(&field, message)
+                })?
+            }
+        };
 
         let Some(pod_selector) = &spec.pod_selector else {
             return Err(

@@ -51,6 +51,7 @@ mod lookup;
 pub mod ports;
 mod rule;
 pub mod selector;
+mod selector_cache;
 
 #[cfg(test)]
 mod tests;

@@ -3,17 +3,17 @@
 //! CiliumClusterwideNetworkPolicy translate to it in [`super::cnp`], NetworkPolicy in
 //! [`super::knp`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::datapath::abi::identity as reserved;
-use crate::identity::{CLUSTER_NAME, Labels};
+use crate::identity::CLUSTER_NAME;
 use crate::topology::source::Location;
 
 use super::cidr::CidrPeer;
 use super::ports::{PortSpec, ProtocolSpec};
-use super::selector::{LabelKey, Selector, Source};
+use super::selector::{LabelKey, Requirement, Selector, Source};
 
 /// A policy direction, from the selected endpoint's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -155,20 +155,20 @@ impl Entity {
         }
     }
 
-    /// The identities this entity selects; `None` for `all`, the wildcard.
-    pub fn resolve(self, identities: &BTreeMap<u32, Labels>) -> Option<BTreeSet<u32>> {
+    /// The identities this entity selects: its fixed numbers and whatever `select` finds for its
+    /// reserved labels (and, for `cluster`, the cluster label); `None` for `all`, the wildcard.
+    pub fn resolve(self, mut select: impl FnMut(&Selector) -> BTreeSet<u32>) -> Option<BTreeSet<u32>> {
         if self == Entity::All {
             return None;
         }
         let (labels, numbers) = self.reserved();
         let mut ids: BTreeSet<u32> = numbers.iter().copied().collect();
-        let cluster = LabelKey::new(Source::K8s, "io.cilium.k8s.policy.cluster");
-        for (&id, identity) in identities {
-            let has_reserved = labels.iter().any(|l| identity.0.contains_key(&format!("reserved:{l}")));
-            let in_cluster = self == Entity::Cluster && cluster.value(identity) == Some(CLUSTER_NAME);
-            if id != 0 && (has_reserved || in_cluster) {
-                ids.insert(id);
-            }
+        for label in labels {
+            ids.extend(select(&Selector::default().with(Requirement::exists(LabelKey::new(Source::Reserved, label)))));
+        }
+        if self == Entity::Cluster {
+            let cluster = LabelKey::new(Source::K8s, "io.cilium.k8s.policy.cluster");
+            ids.extend(select(&Selector::default().with(Requirement::equals(cluster, CLUSTER_NAME))));
         }
         Some(ids)
     }

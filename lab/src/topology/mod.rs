@@ -67,6 +67,24 @@ pub struct Cluster {
     #[serde(default = "Cluster::default_node_cidr", rename = "nodeCIDR")]
     #[schemars(with = "String")]
     pub node_cidr: Ipv4Net,
+    /// Where Services' ClusterIPs come from when a Service names none (the apiserver's
+    /// `--service-cluster-ip-range`). Outside the pod and node CIDRs.
+    #[serde(default = "Cluster::default_service_cidr", rename = "serviceCIDR")]
+    #[schemars(with = "String")]
+    pub service_cidr: Ipv4Net,
+    /// Masquerade (Cilium's BPF masquerade, on by default): pod traffic leaving a node for a
+    /// destination outside `nativeRoutingCIDR` and not a node leaves with the node's address.
+    #[serde(default = "Cluster::default_masquerade")]
+    pub masquerade: bool,
+    /// What is reached without masquerade (Cilium's `ipv4NativeRoutingCIDR`); by default the pod
+    /// CIDR pool. A CIDR that leaves out some pods' addresses reproduces the real consequence:
+    /// their traffic leaves as the node's.
+    #[serde(default, rename = "nativeRoutingCIDR")]
+    #[schemars(with = "Option<String>")]
+    pub native_routing_cidr: Option<Ipv4Net>,
+    /// How services pick a backend for a new connection: `random` or `maglev`.
+    #[serde(default)]
+    pub load_balancer_algorithm: LoadBalancerAlgorithm,
     /// How pods on different nodes reach each other.
     #[serde(default)]
     pub routing_mode: RoutingMode,
@@ -105,6 +123,12 @@ impl Cluster {
     fn default_node_cidr() -> Ipv4Net {
         "172.18.0.0/24".parse().expect("valid default")
     }
+    fn default_service_cidr() -> Ipv4Net {
+        "172.30.0.0/16".parse().expect("valid default")
+    }
+    fn default_masquerade() -> bool {
+        true
+    }
     fn default_mtu() -> u32 {
         1500
     }
@@ -119,6 +143,10 @@ impl Default for Cluster {
             pod_cidr: Self::default_pod_cidr(),
             pod_cidr_mask_size: Self::default_pod_cidr_mask_size(),
             node_cidr: Self::default_node_cidr(),
+            service_cidr: Self::default_service_cidr(),
+            masquerade: Self::default_masquerade(),
+            native_routing_cidr: None,
+            load_balancer_algorithm: LoadBalancerAlgorithm::default(),
             routing_mode: RoutingMode::default(),
             mtu: Self::default_mtu(),
             attach: AttachMode::default(),
@@ -148,6 +176,18 @@ impl fmt::Display for RoutingMode {
             RoutingMode::Tunnel => "tunnel",
         })
     }
+}
+
+/// How a service's backend is chosen for a new connection (Cilium's `loadBalancer.algorithm`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancerAlgorithm {
+    /// At random among the ready backends.
+    #[default]
+    Random,
+    /// By the frontend's Maglev table: a connection's tuple always maps to the same backend, on
+    /// every node, and a backend that goes away moves only its own connections.
+    Maglev,
 }
 
 /// How the datapath's programs are attached to interfaces.

@@ -134,6 +134,28 @@ fn check_cluster(findings: &mut Findings, topology: &Topology) -> bool {
         );
         ok = false;
     }
+    if let Some(native) = cluster.native_routing_cidr
+        && native != native.trunc()
+    {
+        findings.error(
+            "cluster.nativeRoutingCIDR",
+            format!("`{native}` has host bits set; did you mean `{}`?", native.trunc()),
+        );
+    }
+    let services = cluster.service_cidr;
+    if services != services.trunc() {
+        findings.error(
+            "cluster.serviceCIDR",
+            format!("`{services}` has host bits set; did you mean `{}`?", services.trunc()),
+        );
+    } else if services.prefix_len() > 28 {
+        findings.error("cluster.serviceCIDR", "must be /28 or larger");
+    }
+    for (name, other) in [("pod CIDR pool", cluster.pod_cidr), ("nodeCIDR", cluster.node_cidr)] {
+        if overlaps(&services, &other) {
+            findings.error("cluster.serviceCIDR", format!("`{services}` overlaps the {name} `{other}`"));
+        }
+    }
     if !(256..=65536).contains(&cluster.policy_map_size) {
         findings.error("cluster.policyMapSize", format!("{} is out of range 256-65536", cluster.policy_map_size));
     }

@@ -243,3 +243,70 @@ pub fn probed_matrix(plan: &Plan, kind: lab::probe::Kind) -> String {
     let pods: Vec<&lab::plan::PodPlan> = plan.pods.iter().collect();
     lab::probe::matrix(&pods, kind, lab::probe::scaled(std::time::Duration::from_millis(500))).unwrap()
 }
+
+/// Every flow the agent recorded (the `flow` of each line of /run/lab/<lab>/flows.jsonl).
+pub fn flows(lab: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(lab::state::LabDir::of(lab).flows_path()).unwrap_or_default();
+    let records = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    records.map(|v| v["flow"].clone()).collect()
+}
+
+/// `lab apply` (or `lab delete`, as `verb`) of `yaml` to the running lab `name`.
+pub fn lab_change(name: &str, verb: &str, yaml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("change.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    lab(&[verb, name, file.to_str().unwrap()])
+}
+
+/// A packet socket on `eth0` inside `netns`: every frame the pod receives, from now on.
+pub fn capture(netns: &std::fs::File) -> socket2::Socket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    let socket = lab::net::netns::run_in(netns, || {
+        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(all))))?;
+        socket.set_recv_buffer_size(8 << 20)?;
+        Ok::<_, std::io::Error>(socket)
+    })
+    .unwrap()
+    .expect("a packet socket (root)");
+    socket.set_nonblocking(true).unwrap();
+    socket
+}
+
+/// The IPv4 TCP sources (address, port) of every frame to `receiver` the socket holds (it also
+/// holds what the pod sent).
+pub fn tcp_sources(
+    socket: &socket2::Socket,
+    receiver: std::net::Ipv4Addr,
+) -> std::collections::BTreeMap<(std::net::Ipv4Addr, u16), usize> {
+    let mut sources = std::collections::BTreeMap::new();
+    let mut frame = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    while let Ok(len) = socket.recv(&mut frame) {
+        // SAFETY: recv initialised the first `len` bytes.
+        let bytes: Vec<u8> = frame[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let Ok(packet) = etherparse::SlicedPacket::from_ethernet(&bytes) else { continue };
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(tcp))) =
+            (&packet.net, &packet.transport)
+        else {
+            continue;
+        };
+        if ip.header().destination_addr() != receiver {
+            continue;
+        }
+        *sources.entry((ip.header().source_addr(), tcp.source_port())).or_default() += 1;
+    }
+    sources
+}
+
+/// A copy of a native-routing topology with `routingMode: tunnel`, in a folder that goes with the
+/// returned guard.
+pub fn with_tunnel(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let text = std::fs::read_to_string(topology(name)).unwrap();
+    let text = text.replace("routingMode: native", "routingMode: tunnel");
+    assert!(text.contains("routingMode: tunnel"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(std::path::Path::new(name).file_name().unwrap());
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
