@@ -167,10 +167,12 @@ int from_netdev(struct __sk_buff *skb)
 		}
 		if (ret < 0)
 			return TC_ACT_SHOT;
-		service = lb4_lookup_service(&p);
-		if (service && (service->flags & LB4_F_NODEPORT))
-			return nodeport_lb(skb, &p, service, identity);
 	}
+	/* A NodePort at the node's address, or a LoadBalancer address or external IP that the
+	 * fabric routes to this node. */
+	service = lb4_lookup_service(&p, false);
+	if (service && (service->flags & LB4_F_NODEPORT))
+		return nodeport_lb(skb, &p, service, identity);
 	if (!is_tunnel_packet(&p)) {
 		ret = host_firewall(skb, &p, NODE_ID, false, identity);
 		if (ret != TC_ACT_UNSPEC)

@@ -119,7 +119,7 @@ int from_container(struct __sk_buff *skb)
 	}
 
 	/* To a service: to a backend from here on, so policy judges the backend's identity. */
-	service = lb4_lookup_service(&p);
+	service = lb4_lookup_service(&p, true);
 	if (service) {
 		__u32 frontend = p.daddr;
 		__u16 frontend_port = p.dport;

@@ -175,18 +175,30 @@ struct nat_entry {
 
 /* Services (Cilium's lb4 maps). A frontend (address, port, protocol) has a master entry at slot 0
  * with its backend count, and slots 1..count holding the ids of its active backends, then
- * `terminating` more for backends that only keep their established connections. */
+ * `terminating` more for backends that only keep their established connections.
+ *
+ * A frontend that both the outside and the pods reach may have two sets of backends, as in
+ * Cilium: the external scope's (externalTrafficPolicy) and the internal scope's
+ * (internalTrafficPolicy). Lookups start in the external scope; a master entry flagged
+ * LB4_F_TWO_SCOPES sends pods on to the internal one. */
 struct lb4_key {
 	__u32 address; /* network order */
 	__u16 dport; /* network order */
 	__u16 backend_slot;
 	__u8 proto;
-	__u8 pad[3];
+	__u8 scope; /* LB_SCOPE_* */
+	__u8 pad[2];
 };
 
+#define LB_SCOPE_EXT 0
+#define LB_SCOPE_INT 1
+
 #define LB4_F_AFFINITY 1 /* sessionAffinity: ClientIP */
-#define LB4_F_NODEPORT 2 /* a NodePort: served at the node's uplink to whoever reaches it */
+#define LB4_F_NODEPORT 2 /* served at the node's uplink to whoever reaches it: a NodePort, a
+			  * LoadBalancer address or an external IP (Cilium's nodeport_lb4) */
 #define LB4_F_MAGLEV 4 /* backends chosen by the Maglev table of the frontend, not at random */
+#define LB4_F_TWO_SCOPES 8 /* pods use the internal scope's entry of this frontend */
+#define LB4_F_SCOPE_INT 16 /* this master entry and its slots are the internal scope's */
 
 /* Maglev: each frontend's lookup table of MAGLEV_SIZE slots (a prime), keyed by its reverse NAT
  * index, filled by userspace with Maglev's permutations over the active backends. */

@@ -59,19 +59,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lab_lb4_affinity SEC(".maps");
 
-/* The frontend `p` is sent to, if it is one. */
-static __always_inline struct lb4_service *lb4_lookup_service(const struct packet *p)
+/* The frontend `p` is sent to, if it is one: as a pod sees it (`internal`), or as whoever
+ * reaches the node from outside does. */
+static __always_inline struct lb4_service *lb4_lookup_service(const struct packet *p, bool internal)
 {
-	struct lb4_key key = { .address = p->daddr, .dport = p->dport, .proto = p->protocol };
+	struct lb4_key key = { .address = p->daddr, .dport = p->dport, .proto = p->protocol, .scope = LB_SCOPE_EXT };
+	struct lb4_service *svc;
 
 	if (p->protocol != IPPROTO_TCP && p->protocol != IPPROTO_UDP)
 		return 0;
-	return bpf_map_lookup_elem(&lab_lb4_services, &key);
+	svc = bpf_map_lookup_elem(&lab_lb4_services, &key);
+	if (svc && internal && (svc->flags & LB4_F_TWO_SCOPES)) {
+		key.scope = LB_SCOPE_INT;
+		svc = bpf_map_lookup_elem(&lab_lb4_services, &key);
+	}
+	return svc;
 }
 
-static __always_inline __u32 lb4_slot(const struct packet *p, __u16 slot)
+static __always_inline __u32 lb4_slot(const struct packet *p, const struct lb4_service *svc, __u16 slot)
 {
-	struct lb4_key key = { .address = p->daddr, .dport = p->dport, .backend_slot = slot, .proto = p->protocol };
+	struct lb4_key key = {
+		.address = p->daddr,
+		.dport = p->dport,
+		.backend_slot = slot,
+		.proto = p->protocol,
+		.scope = (svc->flags & LB4_F_SCOPE_INT) ? LB_SCOPE_INT : LB_SCOPE_EXT,
+	};
 	struct lb4_service *entry = bpf_map_lookup_elem(&lab_lb4_services, &key);
 
 	return entry ? entry->backend_id : 0;
@@ -126,7 +139,7 @@ static __always_inline __u32 lb4_select(const struct packet *p, const struct lb4
 			return remembered->backend_id;
 		}
 	}
-	id = (svc->flags & LB4_F_MAGLEV) ? lb4_maglev(p, svc) : lb4_slot(p, bpf_get_prandom_u32() % svc->count + 1);
+	id = (svc->flags & LB4_F_MAGLEV) ? lb4_maglev(p, svc) : lb4_slot(p, svc, bpf_get_prandom_u32() % svc->count + 1);
 	if (id && (svc->flags & LB4_F_AFFINITY)) {
 		fresh.backend_id = id;
 		bpf_map_update_elem(&lab_lb4_affinity, &key, &fresh, BPF_ANY);

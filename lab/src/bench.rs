@@ -165,6 +165,8 @@ pub fn synthetic_topology(name: &str, pods: usize, nodes: usize) -> Topology {
                 labels: BTreeMap::new(),
                 ports: Vec::new(),
                 sysctls: BTreeMap::new(),
+                uplinks: Vec::new(),
+                routes: Vec::new(),
             })
             .collect(),
         namespaces: Vec::new(),
@@ -177,10 +179,12 @@ pub fn synthetic_topology(name: &str, pods: usize, nodes: usize) -> Topology {
                 service_account: "default".to_string(),
                 ports: Vec::new(),
                 ip: None,
+                managed: true,
             })
             .collect(),
         externals: Vec::new(),
         resources: Vec::new(),
+        scenario: None,
     }
 }
 
@@ -189,11 +193,13 @@ pub fn synthetic_topology(name: &str, pods: usize, nodes: usize) -> Topology {
 /// detour into a namespace for sysctls its own `ip netns exec`). This is the only place the lab
 /// runs `ip`: everything else speaks netlink itself.
 ///
-/// Covers what the benchmark's topologies use: native routing, no externals.
+/// Covers what the benchmark's topologies use: native routing, no externals, no extra uplinks.
 pub fn ip_scripts(plan: &Plan) -> Result<(String, String)> {
     ensure!(
-        plan.routing_mode == RoutingMode::Native && plan.externals.is_empty(),
-        "the ip script covers native routing without externals only"
+        plan.routing_mode == RoutingMode::Native
+            && plan.externals.is_empty()
+            && plan.nodes.iter().all(|n| n.uplinks.is_empty() && n.routes.is_empty()),
+        "the ip script covers native routing without externals or extra uplinks only"
     );
     let mut up = String::from("# `lab bench up`: the lab built by one `ip` process per operation. Run with bash -e.\n");
     for netns in plan.netns_names() {
@@ -201,7 +207,7 @@ pub fn ip_scripts(plan: &Plan) -> Result<(String, String)> {
         writeln!(
             up,
             "ip netns exec {netns} sysctl -qw net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1 \
-             'net.ipv4.ping_group_range=0 2147483647'"
+             net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.all.rp_filter=0 'net.ipv4.ping_group_range=0 2147483647'"
         )?;
     }
 
@@ -241,6 +247,7 @@ pub fn ip_scripts(plan: &Plan) -> Result<(String, String)> {
             plan::ifindex::UPLINK,
             node.uplink_mac
         )?;
+        writeln!(up, "bridge -n {fabric_ns} fdb replace {} dev {} master static", node.uplink_mac, node.fabric_port)?;
         writeln!(up, "ip -n {node_ns} link set lo up")?;
         writeln!(up, "ip -n {node_ns} link set {UPLINK_NAME} up")?;
         writeln!(up, "ip -n {node_ns} addr add {} dev {UPLINK_NAME}", node.ip)?;

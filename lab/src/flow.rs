@@ -854,11 +854,12 @@ impl FlowContext {
             .nodes
             .iter()
             .map(|n| {
-                let interfaces = HashMap::from([
+                let mut interfaces = HashMap::from([
                     (1, "lo".to_string()),
                     (plan::ifindex::UPLINK, plan::UPLINK_NAME.to_string()),
                     (plan::ifindex::VXLAN, plan::VXLAN_NAME.to_string()),
                 ]);
+                interfaces.extend(n.uplinks.iter().map(|u| (u.index, u.name.clone())));
                 (n.id, NodeInfo { name: n.name.clone(), interfaces })
             })
             .collect();
@@ -879,7 +880,7 @@ impl FlowContext {
                 },
             );
         }
-        let node_ips = plan.nodes.iter().flat_map(|n| [(n.ip.addr(), n.id), (n.router_ip, n.id)]).collect();
+        let node_ips = plan.nodes.iter().flat_map(|n| n.addresses().into_iter().map(|ip| (ip, n.id))).collect();
         let labels = plan
             .identities
             .iter()
@@ -1006,7 +1007,8 @@ impl FlowContext {
         let labels = self.labels.get(&identity).cloned().unwrap_or_default();
         let mut endpoint = Endpoint { identity, ..Endpoint::default() };
         if let Some(pod) = pod {
-            if pod.node_id == node_id {
+            // An unmanaged pod is no endpoint of its node.
+            if pod.node_id == node_id && pod.identity != abi::identity::UNMANAGED {
                 endpoint.id = u32::from(pod.endpoint_id);
             }
             endpoint.namespace = pod.namespace.clone();

@@ -28,6 +28,11 @@ pub struct Change {
     pub pod_labels: BTreeMap<String, BTreeMap<String, String>>,
     /// Namespaces' whole new label sets.
     pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Pods to remove, by `namespace/name` (or a name only one pod has); removed before
+    /// `add_pods` are added, so a pod can be re-created.
+    pub remove_pods: Vec<String>,
+    /// Pods to add.
+    pub add_pods: Vec<crate::topology::Pod>,
 }
 
 /// What a change did to the datapath.
@@ -88,6 +93,11 @@ pub fn apply(lab: &str, change: &Change) -> Result<Applied> {
             None => bail!("no namespace `{namespace}` in lab `{lab}`"),
         }
     }
+    for target in &change.remove_pods {
+        let pod = old_plan.find_pod(target).map_err(anyhow::Error::msg)?;
+        topology.pods.retain(|p| !(p.namespace == pod.namespace && p.name == pod.name));
+    }
+    topology.pods.extend(change.add_pods.iter().cloned());
     for wanted in &change.delete {
         let before = resources.len();
         resources.retain(|r| key(r) != *wanted);
@@ -111,13 +121,37 @@ pub fn apply(lab: &str, change: &Change) -> Result<Applied> {
     if !errors.is_empty() {
         bail!("the change would make the lab invalid, so nothing was changed:\n{}", errors.join("\n"));
     }
-    let plan = Plan::new(&topology, lab);
+    let mut plan = Plan::new(&topology, lab);
+    let fixed = |pod: &crate::plan::PodPlan| {
+        topology.pods.iter().any(|p| p.namespace == pod.namespace && p.name == pod.name && p.ip.is_some())
+    };
+    plan.keep_running_pods(&old_plan, fixed);
     let compiled = compile(&plan, &resources).context("nothing was changed")?;
     let services = services(&plan, &resources).context("nothing was changed")?;
+    let running = |pods: &Plan, pod: &crate::plan::PodPlan| pods.pods.iter().any(|p| p.id() == pod.id());
+    let added: Vec<usize> = (0..plan.pods.len()).filter(|&i| !running(&old_plan, &plan.pods[i])).collect();
+    let removed: Vec<&crate::plan::PodPlan> = old_plan.pods.iter().filter(|p| !running(&plan, p)).collect();
+    if !added.is_empty() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(crate::realise::add_pods(&plan, &added)).context("adding pods")?;
+        datapath::loader::attach_pods(&plan, &added).context("attaching the datapath to the new pods")?;
+    }
     let applied = write(&old_plan, &plan, &compiled, &services)?;
     dir.write_plan(&plan)?;
     dir.write_sources(&topology, &resources)?;
-    crate::agent::reload(lab);
+    // The agent serves the new pods' ports, and lets go of the removed pods' before their
+    // namespaces go.
+    crate::agent::request(lab, crate::agent::Request::Reload)?;
+    if !removed.is_empty() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        for pod in removed {
+            runtime.block_on(crate::realise::remove_pod(&old_plan, pod))?;
+            let pin = datapath::pins::policy(lab, &old_plan.nodes[pod.node].name, pod.endpoint_id);
+            if !plan.pods.iter().any(|p| p.node == pod.node && p.endpoint_id == pod.endpoint_id) {
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+    }
     Ok(applied)
 }
 
@@ -133,6 +167,7 @@ fn write(old: &Plan, plan: &Plan, compiled: &Compiled, services: &Services) -> R
     applied.relabelled = plan.pods.iter().zip(&old.pods).filter(|(new, old)| new.identity != old.identity).count();
     maps::fill_nodes(plan, &compiled.cidr_identities, |pod| compiled.endpoints[pod].flags())?;
     datapath::lb::sync(plan, services)?;
+    crate::realise::announce(plan, services)?;
     Ok(applied)
 }
 
@@ -140,7 +175,7 @@ fn write(old: &Plan, plan: &Plan, compiled: &Compiled, services: &Services) -> R
 /// `resources:`, and `v1 Pod` / `v1 Namespace` objects whose labels replace the running ones.
 pub fn read_change(file: &Path, deleting: bool) -> Result<Change> {
     let entry = ResourceEntry::File(FileResources { file: file.display().to_string() });
-    let accept = resources::Accept { namespaces: None, label_objects: true };
+    let accept = resources::Accept { namespaces: None, label_objects: true, field: "resources" };
     let objects = resources::load(file, &SourceMap::default(), accept, Path::new("."), &[entry])
         .map_err(|diagnostics| TopologyError { diagnostics })?;
     let mut change = Change::default();

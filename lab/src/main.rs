@@ -105,6 +105,12 @@ enum Command {
     Apply { name: String, file: PathBuf },
     /// Delete the policies in a file from a running lab.
     Delete { name: String, file: PathBuf },
+    /// Run scenarios (topology files with a `scenario:`, scenario files) each in a fresh lab and
+    /// compare every step's verdicts, flows and packets with golden files.
+    #[command(
+        after_help = "Examples:\n  lab test topologies/\n  lab test topologies/policy --filter ports\n  lab test topologies/ --update        (write new golden files; refused when CI is set)\n  lab test topologies/ --junit report.xml"
+    )]
+    Test(cmd::test::Args),
     /// Check topology files without building anything.
     Validate {
         #[arg(required = true)]
@@ -127,6 +133,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchTarget {
+    /// Wall time and probes per second of `lab test` on a folder of scenarios (the netpol
+    /// conformance suite), against the same scenarios each bringing up a lab of its own.
+    Suite {
+        #[arg(default_value = "topologies/conformance")]
+        path: PathBuf,
+        /// Labs running at once (default: one per core).
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Time bring-up and teardown of N pods, and of the same pods built by a script of `ip`
     /// commands, one process per operation (as containerlab and Mininet do it).
     Up {
@@ -200,6 +217,11 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Test(args) => match cmd::test::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Metrics { name, output } => cmd::metrics::run(&name, output),
         Command::Services { name, output } => cmd::services::run(&name, output),
         Command::Apply { name, file } => cmd::apply::run(&name, &file, false),
@@ -217,6 +239,7 @@ fn main() -> ExitCode {
             cmd::bench::datapath(std::time::Duration::from_secs(seconds), output)
         }
         Command::Bench { target: BenchTarget::Policy { output } } => cmd::bench::policy(output),
+        Command::Bench { target: BenchTarget::Suite { path, jobs, output } } => cmd::bench::suite(&path, jobs, output),
         Command::Bench { target: BenchTarget::Services { services, seconds, output } } => {
             cmd::bench::services(&services, std::time::Duration::from_secs(seconds), output)
         }

@@ -93,6 +93,33 @@ pub struct NodePlan {
     /// The labels of the node's host endpoint, Cilium style: the node's, and `reserved:host`.
     pub labels: Labels,
     pub ports: Vec<Port>,
+    /// Its interfaces on the fabric besides `eth0`.
+    pub uplinks: Vec<UplinkPlan>,
+    /// Its own routes: destination, gateway, interface index.
+    pub routes: Vec<(Ipv4Net, Ipv4Addr, u32)>,
+}
+
+impl NodePlan {
+    /// Every address the node has: its uplinks' and its router IP.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        let mut addresses = vec![self.ip.addr(), self.router_ip];
+        addresses.extend(self.uplinks.iter().map(|u| u.address.addr()));
+        addresses
+    }
+}
+
+/// A node's extra interface on the fabric (see [`crate::topology::Uplink`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkPlan {
+    pub name: String,
+    pub index: u32,
+    pub address: Ipv4Net,
+    pub mac: Mac,
+    /// The fabric's address in the uplink's subnet.
+    pub gateway: Ipv4Addr,
+    pub fabric_port: String,
+    pub fabric_port_index: u32,
+    pub fabric_port_mac: Mac,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +143,8 @@ pub struct PodPlan {
     pub labels: Labels,
     pub service_account: String,
     pub ports: Vec<Port>,
+    /// Whether the datapath is attached to the pod's veth (see [`crate::topology::Pod::managed`]).
+    pub managed: bool,
 }
 
 impl PodPlan {
@@ -306,7 +335,7 @@ impl Plan {
         let mut node_ips = cluster.node_cidr.hosts();
         let fabric_gateway = node_ips.next().expect("validated size");
 
-        let nodes: Vec<NodePlan> = topology
+        let mut nodes: Vec<NodePlan> = topology
             .nodes
             .iter()
             .zip(&cidrs)
@@ -329,6 +358,8 @@ impl Plan {
                     sysctls: node.sysctls.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
                     labels: crate::identity::host_labels(&node.name, &node.labels),
                     ports: node.ports.clone(),
+                    uplinks: Vec::new(),
+                    routes: Vec::new(),
                 }
             })
             .collect();
@@ -348,7 +379,9 @@ impl Plan {
             .iter()
             .map(|p| identity::pod_labels(&p.namespace, &namespace_labels(&p.namespace), &p.labels, &p.service_account))
             .collect();
-        let numbers = identity::allocate(labels.iter().map(|l| filter.relevant(l)));
+        let managed = |i: usize| topology.pods[i].managed;
+        let numbers =
+            identity::allocate(labels.iter().enumerate().filter(|(i, _)| managed(*i)).map(|(_, l)| filter.relevant(l)));
         let mut identities = identity::reserved_identities();
         identities.extend(numbers.iter().map(|(set, number)| (*number, set.clone())));
         let mut ports_on_node = vec![0u32; nodes.len()];
@@ -361,7 +394,11 @@ impl Plan {
             .enumerate()
             .map(|(i, (((pod, ip), node), labels))| PodPlan {
                 endpoint_id: endpoint_ids[i],
-                identity: numbers[&filter.relevant(&labels)],
+                identity: if pod.managed {
+                    numbers[&filter.relevant(&labels)]
+                } else {
+                    crate::datapath::abi::identity::UNMANAGED
+                },
                 host_ifindex: {
                     ports_on_node[node] += 1;
                     ifindex::FIRST_PORT + ports_on_node[node] - 1
@@ -377,6 +414,7 @@ impl Plan {
                 labels,
                 service_account: pod.service_account.clone(),
                 ports: pod.ports.clone(),
+                managed: pod.managed,
             })
             .collect();
 
@@ -400,9 +438,40 @@ impl Plan {
             })
             .collect();
 
+        // Extra uplinks take the fabric's ports after the externals'.
+        let mut next_port = ifindex::FIRST_PORT + (nodes.len() + externals.len()) as u32;
+        for (node, planned) in topology.nodes.iter().zip(nodes.iter_mut()) {
+            for (k, uplink) in node.uplinks.iter().enumerate() {
+                let ip = uplink.address.addr();
+                planned.uplinks.push(UplinkPlan {
+                    name: uplink.name.clone(),
+                    index: ifindex::VXLAN + 1 + k as u32,
+                    address: uplink.address,
+                    mac: Mac::for_ip(role::NODE_UPLINK, ip),
+                    gateway: external_gateway(&uplink.address),
+                    fabric_port: format!("{}-{}", node.name, uplink.name),
+                    fabric_port_index: next_port,
+                    fabric_port_mac: Mac::for_ip(role::FABRIC_PORT, ip),
+                });
+                next_port += 1;
+            }
+            planned.routes = node
+                .routes
+                .iter()
+                .map(|route| match planned.uplinks.iter().find(|u| u.name == route.via) {
+                    Some(uplink) => (route.to, uplink.gateway, uplink.index),
+                    None => (route.to, planned.gateway, ifindex::UPLINK),
+                })
+                .collect();
+        }
+
         let mut addresses = vec![Ipv4Net::new(fabric_gateway, cluster.node_cidr.prefix_len()).expect("valid prefix")];
-        for external in &externals {
-            let router = Ipv4Net::new(external.gateway, external.address.prefix_len()).expect("valid prefix");
+        let routers = externals
+            .iter()
+            .map(|e| (e.gateway, e.address))
+            .chain(nodes.iter().flat_map(|n| n.uplinks.iter().map(|u| (u.gateway, u.address))));
+        for (gateway, subnet) in routers {
+            let router = Ipv4Net::new(gateway, subnet.prefix_len()).expect("valid prefix");
             if !addresses.contains(&router) {
                 addresses.push(router);
             }
@@ -456,6 +525,53 @@ impl Plan {
     }
 
     /// Finds a pod by `namespace/name`, or by name alone when only one pod has it.
+    /// After pods were added to or removed from the running lab of `running`: every pod that was
+    /// running keeps its address, MACs, endpoint ID and interface index (a pod keeps them while
+    /// it lives), and a pod new to the lab that derivation put on one of those moves to the next
+    /// free one. Addresses given in the file (`fixed`, by pod) stay as given.
+    pub fn keep_running_pods(&mut self, running: &Plan, fixed: impl Fn(&PodPlan) -> bool) {
+        let mut new = Vec::new();
+        for (index, pod) in self.pods.iter_mut().enumerate() {
+            match running.pods.iter().find(|old| old.namespace == pod.namespace && old.name == pod.name) {
+                Some(old) => {
+                    pod.ip = old.ip;
+                    pod.mac = old.mac;
+                    pod.host_mac = old.host_mac;
+                    pod.endpoint_id = old.endpoint_id;
+                    pod.host_ifindex = old.host_ifindex;
+                }
+                None => new.push(index),
+            }
+        }
+        for index in new {
+            let (node, cidr) = (self.pods[index].node, self.nodes[self.pods[index].node].pod_cidr);
+            let others: Vec<&PodPlan> =
+                self.pods.iter().enumerate().filter(|(i, p)| *i != index && p.node == node).map(|(_, p)| p).collect();
+            let ips: std::collections::HashSet<Ipv4Addr> = others.iter().map(|p| p.ip).collect();
+            let ids: std::collections::HashSet<u16> = others.iter().map(|p| p.endpoint_id).collect();
+            let ifindexes: std::collections::HashSet<u32> = others.iter().map(|p| p.host_ifindex).collect();
+            let pod = &self.pods[index];
+            let ip = if fixed(pod) || !ips.contains(&pod.ip) {
+                pod.ip
+            } else {
+                let capacity = pod_capacity(&cidr);
+                let start = (u32::from(pod.ip) - u32::from(cidr.network()) - 2) as usize;
+                (0..capacity)
+                    .map(|k| pod_host(&cidr, (start + k) % capacity))
+                    .find(|ip| !ips.contains(ip))
+                    .unwrap_or(pod.ip)
+            };
+            let endpoint_id = (0..4095u16).map(|k| 1 + (pod.endpoint_id - 1 + k) % 4095).find(|id| !ids.contains(id));
+            let host_ifindex = (pod.host_ifindex..).find(|i| !ifindexes.contains(i)).expect("a free index");
+            let pod = &mut self.pods[index];
+            pod.endpoint_id = endpoint_id.unwrap_or(pod.endpoint_id);
+            pod.host_ifindex = host_ifindex;
+            pod.ip = ip;
+            pod.mac = Mac::for_ip(role::POD, ip);
+            pod.host_mac = Mac::for_ip(role::POD_HOST_SIDE, ip);
+        }
+    }
+
     pub fn find_pod(&self, target: &str) -> Result<&PodPlan, String> {
         if let Some((ns, name)) = target.split_once('/') {
             return self

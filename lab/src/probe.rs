@@ -13,6 +13,8 @@ use tokio::time::timeout;
 
 use crate::net::netns;
 
+pub mod dns;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Tcp(u16),
@@ -35,7 +37,7 @@ impl fmt::Display for Kind {
 pub enum Outcome {
     /// The exchange completed and the echo matched.
     Connected,
-    /// The peer refused or reset the connection.
+    /// The peer refused or reset the connection, or an ICMP error said it is unreachable.
     Reset,
     /// Nothing came back in time.
     Timeout,
@@ -54,9 +56,13 @@ impl fmt::Display for Outcome {
     }
 }
 
-fn outcome_of(error: io::Error) -> Outcome {
+/// What an I/O error says of the peer.
+pub fn outcome_of(error: io::Error) -> Outcome {
     match error.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => Outcome::Reset,
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable => Outcome::Reset,
         io::ErrorKind::TimedOut => Outcome::Timeout,
         _ => Outcome::Failed(error.to_string()),
     }
@@ -76,15 +82,147 @@ pub fn scaled(wait: Duration) -> Duration {
 
 /// Sends one probe from the namespace `from` to `to`.
 pub async fn probe(from: &File, to: Ipv4Addr, kind: Kind, wait: Duration) -> Outcome {
-    let result = match kind {
-        Kind::Tcp(port) => timeout(wait, tcp(from, SocketAddrV4::new(to, port))).await,
-        Kind::Udp(port) => timeout(wait, udp(from, SocketAddrV4::new(to, port))).await,
-        Kind::Icmp => timeout(wait, icmp(from, to)).await,
-    };
-    match result {
-        Err(_elapsed) => Outcome::Timeout,
-        Ok(Ok(())) => Outcome::Connected,
-        Ok(Err(e)) => outcome_of(e),
+    let attempt = Attempt { from, to, what: What::Echo(kind), source_port: 0, keep: false };
+    timed(wait, attempt.run(|_| {})).await.0
+}
+
+/// What a probe asks of its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// The echo of a few bytes (or an ICMP echo).
+    Echo(Kind),
+    /// An HTTP GET of a path, answered `200 OK`.
+    Http { port: u16, path: String },
+    /// A DNS A query over UDP, answered with the query's id.
+    Dns { port: u16, name: String },
+}
+
+impl What {
+    pub fn kind(&self) -> Kind {
+        match self {
+            What::Echo(kind) => *kind,
+            What::Http { port, .. } => Kind::Tcp(*port),
+            What::Dns { port, .. } => Kind::Udp(*port),
+        }
+    }
+}
+
+/// One probe from inside a namespace.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub from: &'a File,
+    pub to: Ipv4Addr,
+    pub what: What,
+    /// The client's port (for ICMP, the echo identifier): fixed so captures and flows are the
+    /// same on every run; 0 lets the kernel choose.
+    pub source_port: u16,
+    /// TCP: keep the connection open after the exchange instead of closing it.
+    pub keep: bool,
+}
+
+/// `attempt` given `wait` to finish.
+pub async fn timed<T>(wait: Duration, attempt: impl Future<Output = (Outcome, Option<T>)>) -> (Outcome, Option<T>) {
+    timeout(wait, attempt).await.unwrap_or((Outcome::Timeout, None))
+}
+
+impl Attempt<'_> {
+    /// Runs the probe; `bound` learns the client's port as soon as it has one, before anything is
+    /// sent. With `keep`, a TCP connection that completed its exchange comes back open.
+    pub async fn run(self, bound: impl FnOnce(u16)) -> (Outcome, Option<tokio::net::TcpStream>) {
+        let result = match &self.what {
+            What::Echo(Kind::Tcp(port)) => self.tcp(*port, None, bound).await,
+            What::Http { port, path } => self.tcp(*port, Some(path), bound).await,
+            What::Echo(Kind::Udp(port)) => self.udp(*port, None, bound).await.map(|()| None),
+            What::Dns { port, name } => self.udp(*port, Some(name), bound).await.map(|()| None),
+            What::Echo(Kind::Icmp) => self.icmp(bound).await.map(|()| None),
+        };
+        match result {
+            Ok(stream) => (Outcome::Connected, stream),
+            Err(e) => (outcome_of(e), None),
+        }
+    }
+
+    async fn tcp(
+        &self,
+        port: u16,
+        http: Option<&String>,
+        bound: impl FnOnce(u16),
+    ) -> io::Result<Option<tokio::net::TcpStream>> {
+        let source_port = self.source_port;
+        let socket = netns::run_in(self.from, || -> io::Result<tokio::net::TcpSocket> {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            // A fixed port may still be in TIME_WAIT towards another peer.
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, source_port)))?;
+            Ok(socket)
+        })??;
+        bound(socket.local_addr()?.port());
+        let mut stream = socket.connect(SocketAddr::V4(SocketAddrV4::new(self.to, port))).await?;
+        if let Some(path) = http {
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: lab\r\nConnection: close\r\n\r\n", self.to);
+            stream.write_all(request.as_bytes()).await?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await?;
+            return if answer.starts_with(b"HTTP/1.1 200 ") || answer.starts_with(b"HTTP/1.0 200 ") {
+                Ok(None)
+            } else {
+                Err(io::Error::new(io::ErrorKind::InvalidData, "the answer was not `200 OK`"))
+            };
+        }
+        exchange(&mut stream).await?;
+        if self.keep {
+            return Ok(Some(stream));
+        }
+        close(stream).await?;
+        Ok(None)
+    }
+
+    async fn udp(&self, port: u16, dns_name: Option<&String>, bound: impl FnOnce(u16)) -> io::Result<()> {
+        let source_port = self.source_port;
+        let socket = netns::run_in(self.from, || std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, source_port)))??;
+        socket.set_nonblocking(true)?;
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let local = socket.local_addr()?.port();
+        bound(local);
+        socket.connect(SocketAddrV4::new(self.to, port)).await?;
+        let request = match dns_name {
+            // The query's id is the client's port, so it is as fixed as the port.
+            Some(name) => dns::query(local, name),
+            None => PAYLOAD.to_vec(),
+        };
+        socket.send(&request).await?;
+        let mut reply = [0u8; 1500];
+        let len = socket.recv(&mut reply).await?;
+        let answered = match dns_name {
+            Some(_) => dns::read_answer(&reply[..len], local).is_some(),
+            None => reply[..len] == *PAYLOAD,
+        };
+        if answered { Ok(()) } else { Err(mismatch()) }
+    }
+
+    /// An ICMP echo over a datagram ICMP socket, with which the kernel matches replies to the
+    /// socket; the namespace must allow it (`net.ipv4.ping_group_range`), which the lab's do.
+    /// The socket's port is the echo's identifier.
+    async fn icmp(&self, bound: impl FnOnce(u16)) -> io::Result<()> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let source_port = self.source_port;
+        let socket = netns::run_in(self.from, || -> io::Result<Socket> {
+            let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4))?;
+            socket.bind(&SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source_port)))?;
+            Ok(socket)
+        })??;
+        socket.set_nonblocking(true)?;
+        bound(socket.local_addr()?.as_socket_ipv4().map_or(0, |a| a.port()));
+        socket.connect(&SockAddr::from(SocketAddrV4::new(self.to, 0)))?;
+        let socket = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
+        // Type 8 (echo request), code 0; the kernel fills in the identifier and checksum.
+        let mut request = [8u8, 0, 0, 0, 0, 0, 0, 1].to_vec();
+        request.extend_from_slice(PAYLOAD);
+        socket.send(&request).await?;
+        let mut reply = [0u8; 128];
+        let len = socket.recv(&mut reply).await?;
+        if len >= 8 && reply[0] == 0 && &reply[8..len] == PAYLOAD { Ok(()) } else { Err(mismatch()) }
     }
 }
 
@@ -94,41 +232,21 @@ fn mismatch() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "the echo did not match what was sent")
 }
 
-async fn tcp(from: &File, to: SocketAddrV4) -> io::Result<()> {
-    let socket = netns::run_in(from, tokio::net::TcpSocket::new_v4)??;
-    let mut stream = socket.connect(SocketAddr::V4(to)).await?;
+/// Sends a few bytes on an open connection and reads their echo.
+pub async fn exchange(stream: &mut tokio::net::TcpStream) -> io::Result<()> {
     stream.write_all(PAYLOAD).await?;
     let mut echo = [0u8; PAYLOAD.len()];
     stream.read_exact(&mut echo).await?;
     if echo != PAYLOAD { Err(mismatch()) } else { Ok(()) }
 }
 
-async fn udp(from: &File, to: SocketAddrV4) -> io::Result<()> {
-    let socket = netns::run_in(from, || std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
-    socket.set_nonblocking(true)?;
-    let socket = tokio::net::UdpSocket::from_std(socket)?;
-    socket.connect(to).await?;
-    socket.send(PAYLOAD).await?;
-    let mut echo = [0u8; 64];
-    let len = socket.recv(&mut echo).await?;
-    if &echo[..len] != PAYLOAD { Err(mismatch()) } else { Ok(()) }
-}
-
-/// An ICMP echo over a datagram ICMP socket, with which the kernel matches replies to the
-/// socket; the namespace must allow it (`net.ipv4.ping_group_range`), which the lab's do.
-async fn icmp(from: &File, to: Ipv4Addr) -> io::Result<()> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let socket = netns::run_in(from, || Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)))??;
-    socket.set_nonblocking(true)?;
-    socket.connect(&SockAddr::from(SocketAddrV4::new(to, 0)))?;
-    let socket = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
-    // Type 8 (echo request), code 0; the kernel fills in the identifier and checksum.
-    let mut request = [8u8, 0, 0, 0, 0, 0, 0, 1].to_vec();
-    request.extend_from_slice(PAYLOAD);
-    socket.send(&request).await?;
-    let mut reply = [0u8; 128];
-    let len = socket.recv(&mut reply).await?;
-    if len >= 8 && reply[0] == 0 && &reply[8..len] == PAYLOAD { Ok(()) } else { Err(mismatch()) }
+/// Closes a connection the way the echo server expects: this side's FIN, then the server's once
+/// it has seen it, so the connection is over (and captured whole) when this returns.
+pub async fn close(mut stream: tokio::net::TcpStream) -> io::Result<()> {
+    stream.shutdown().await?;
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await?;
+    Ok(())
 }
 
 /// Probes every pod of `pods` to every pod of `pods` on `kind`, many at once, and returns the

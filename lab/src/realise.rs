@@ -1,7 +1,7 @@
 //! Turns a [`Plan`] into namespaces, veths, addresses, routes and neighbours, and removes them
 //! again. Nothing here touches the root namespace: every veth end is born in its own namespace.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::Ipv4Addr;
 
@@ -13,6 +13,7 @@ use ipnet::Ipv4Net;
 use crate::net::netlink::{LOOPBACK, Netlink, Route, VethEnd, Vxlan};
 use crate::net::{netns, sysctl};
 use crate::plan::{self, ExternalPlan, NodePlan, Plan, PodPlan, UPLINK_NAME, VXLAN_NAME, ifindex};
+use crate::services::Services;
 use crate::state::LabDir;
 use crate::topology::RoutingMode;
 
@@ -83,16 +84,95 @@ pub async fn build(plan: &Plan, progress: &ProgressBar) -> Result<()> {
     Ok(())
 }
 
-/// Creates every namespace of the plan, with IPv6 off and ping sockets allowed, on blocking
-/// threads.
+/// Builds the pods `pods` (indices into `plan.pods`) of a running lab: their namespaces, veths,
+/// routes and neighbour entries, as `lab up` builds every pod.
+pub async fn add_pods(plan: &Plan, pods: &[usize]) -> Result<()> {
+    for &index in pods {
+        let pod = &plan.pods[index];
+        let name = pod.netns.clone();
+        let file = tokio::task::spawn_blocking(move || create_namespace(&name))
+            .await
+            .context("namespace creation panicked")??;
+        let node = Netlink::connect_in(&netns::open(&plan.nodes[pod.node].netns)?)?;
+        build_pod(plan, pod, &node, &file).await?;
+    }
+    Ok(())
+}
+
+/// Removes a pod of a running lab: its veth (with the node's route and neighbour entry to it)
+/// and its namespace.
+pub async fn remove_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
+    let node = Netlink::connect_in(&netns::open(&plan.nodes[pod.node].netns)?)?;
+    node.delete_link(pod.host_ifindex).await.with_context(|| format!("removing pod {}", pod.id()))?;
+    netns::remove(&pod.netns).with_context(|| format!("removing the namespace of pod {}", pod.id()))
+}
+
+/// Cuts (`up` false) or mends the wire of a pod, node or external, at its far end: a node's or
+/// external's port on the fabric, a pod's `lxc` on its node. The target's own interface stays
+/// up, with its routes, and sees its carrier go, as when a cable is pulled. Mending a pod's wire
+/// also puts back the node's route and neighbour entry to it, which the kernel flushed.
+pub async fn set_wire(plan: &Plan, target: &str, up: bool) -> Result<()> {
+    let fabric_port = |name: &str| {
+        let node = plan.nodes.iter().find(|n| n.name == name).map(|n| n.fabric_port_index);
+        node.or_else(|| plan.externals.iter().find(|e| e.name == name).map(|e| e.fabric_port_index))
+    };
+    if let Some(index) = fabric_port(target) {
+        let fabric = Netlink::connect_in(&netns::open(&plan.fabric.netns)?)?;
+        if !up {
+            return fabric.set_down(index).await;
+        }
+        fabric.set_up(index).await?;
+        return wait_running(&fabric, index).await;
+    }
+    let pod = plan.find_pod(target).map_err(anyhow::Error::msg)?;
+    let node = Netlink::connect_in(&netns::open(&plan.nodes[pod.node].netns)?)?;
+    if !up {
+        return node.set_down(pod.host_ifindex).await;
+    }
+    node.set_up(pod.host_ifindex).await?;
+    wait_running(&node, pod.host_ifindex).await?;
+    let to_pod = Route {
+        destination: host_route(pod.ip),
+        gateway: None,
+        interface: pod.host_ifindex,
+        source: Some(plan.nodes[pod.node].router_ip),
+    };
+    node.add_route(to_pod).await?;
+    node.add_neighbour(pod.host_ifindex, pod.ip, pod.mac).await
+}
+
+/// Waits until an interface set up carries traffic: until then its queue drops every packet.
+async fn wait_running(link: &Netlink, index: u32) -> Result<()> {
+    let deadline = std::time::Instant::now() + crate::probe::scaled(std::time::Duration::from_secs(3));
+    while !link.is_running(index).await? {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("interface {index} did not come up");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Creates a namespace as every namespace of a lab starts: IPv6 and reverse path filtering off,
+/// ping sockets allowed.
+fn create_namespace(name: &str) -> Result<File> {
+    let file = netns::create(name)?;
+    netns::run_in(&file, || -> std::io::Result<()> {
+        sysctl::disable_ipv6()?;
+        sysctl::no_reverse_path_filter()?;
+        sysctl::allow_ping_sockets()
+    })??;
+    Ok(file)
+}
+
+/// Creates every namespace of the plan ([`create_namespace`]), on blocking threads.
 async fn create_namespaces(plan: &Plan, progress: &ProgressBar) -> Result<HashMap<String, File>> {
     stream::iter(plan.netns_names())
         .map(|name| {
             let name = name.to_string();
             let progress = progress.clone();
             tokio::task::spawn_blocking(move || {
-                let file = netns::create(&name)?;
-                netns::run_in(&file, || sysctl::disable_ipv6().and_then(|()| sysctl::allow_ping_sockets()))??;
+                let file = create_namespace(&name)?;
                 progress.inc(1);
                 Ok::<_, anyhow::Error>((name, file))
             })
@@ -118,6 +198,7 @@ async fn build_node(plan: &Plan, node: &NodePlan, fabric: &Netlink, netns_file: 
             netns_file,
         )
         .await?;
+    fabric.add_fdb(node.fabric_port_index, node.uplink_mac).await?;
 
     let link = Netlink::connect_in(netns_file)?;
     link.set_up(LOOPBACK).await?;
@@ -151,6 +232,31 @@ async fn build_node(plan: &Plan, node: &NodePlan, fabric: &Netlink, netns_file: 
     }
     if plan.routing_mode == RoutingMode::Tunnel {
         build_tunnel(plan, node, &link).await?;
+    }
+    for uplink in &node.uplinks {
+        fabric
+            .add_veth(
+                VethEnd {
+                    name: &uplink.fabric_port,
+                    index: uplink.fabric_port_index,
+                    mac: uplink.fabric_port_mac,
+                    mtu: plan.mtu,
+                },
+                Some(ifindex::BRIDGE),
+                VethEnd { name: &uplink.name, index: uplink.index, mac: uplink.mac, mtu: plan.mtu },
+                netns_file,
+            )
+            .await?;
+        fabric.add_fdb(uplink.fabric_port_index, uplink.mac).await?;
+        fabric.add_neighbour(ifindex::BRIDGE, uplink.address.addr(), uplink.mac).await?;
+        link.set_up(uplink.index).await?;
+        link.add_address(uplink.index, uplink.address).await?;
+        link.add_neighbour(uplink.index, uplink.gateway, plan.fabric.bridge_mac).await?;
+    }
+    for &(destination, gateway, interface) in &node.routes {
+        link.add_route(Route { destination, gateway: Some(gateway), interface, source: None })
+            .await
+            .with_context(|| format!("node {}", node.name))?;
     }
 
     netns::run_in(netns_file, || -> std::io::Result<()> {
@@ -236,6 +342,7 @@ async fn build_external(plan: &Plan, external: &ExternalPlan, fabric: &Netlink, 
             netns_file,
         )
         .await?;
+    fabric.add_fdb(external.fabric_port_index, external.mac).await?;
     fabric.add_neighbour(ifindex::BRIDGE, external.address.addr(), external.mac).await?;
 
     let link = Netlink::connect_in(netns_file)?;
@@ -251,6 +358,26 @@ async fn build_external(plan: &Plan, external: &ExternalPlan, fabric: &Netlink, 
     })
     .await
     .with_context(|| format!("external {}", external.name))
+}
+
+/// Routes every LoadBalancer address and external IP in the fabric to the node that announces
+/// it ([`Services::announcements`]), as `proto bgp` routes, and removes the routes of addresses
+/// no longer announced: the fabric plays the network a BGP speaker or L2 announcements would
+/// teach. On a thread of its own, so callers inside an async runtime may use it too.
+pub fn announce(plan: &Plan, services: &Services) -> Result<()> {
+    let wanted: BTreeMap<Ipv4Addr, Ipv4Addr> =
+        services.announcements(plan).into_iter().map(|(address, node)| (address, plan.nodes[node].ip.addr())).collect();
+    let fabric = netns::open(&plan.fabric.netns).with_context(|| format!("opening {}", plan.fabric.netns))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async { Netlink::connect_in(&fabric)?.sync_announced(ifindex::BRIDGE, &wanted).await })
+            })
+            .join()
+            .expect("announcing does not panic")
+    })
+    .context("announcing LoadBalancer addresses and external IPs in the fabric")
 }
 
 /// What teardown removed.

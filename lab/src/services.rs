@@ -18,9 +18,11 @@
 //! - NodePort and LoadBalancer Services are also served on every node's address at their
 //!   `nodePort` (given, or derived from the namespace, name and port within 30000-32767), with
 //!   `externalTrafficPolicy` Cluster or Local.
-//!
-//! Not yet: LoadBalancer addresses and externalIPs (their NodePorts and ClusterIP work), and
-//! `internalTrafficPolicy: Local`; they are reported as warnings.
+//! - A LoadBalancer Service's given addresses (`spec.loadBalancerIP`,
+//!   `status.loadBalancer.ingress[].ip`; the lab runs no LB IPAM) and any Service's
+//!   `spec.externalIPs` are frontends of their own, served to the outside by the node the fabric
+//!   routes them to ([`Services::announcements`]) and to pods like the ClusterIP.
+//! - `internalTrafficPolicy: Local`: pods reach the node's own backends only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -56,9 +58,12 @@ pub struct Service {
     pub cluster_ip: Ipv4Addr,
     /// `sessionAffinity: ClientIP`, with its timeout in seconds.
     pub affinity_seconds: Option<u32>,
-    /// `externalTrafficPolicy: Local`: a node serves its NodePorts with its own backends only,
-    /// and the client's address reaches them.
+    /// `externalTrafficPolicy: Local`: a node serves its NodePorts, LoadBalancer addresses and
+    /// external IPs to the outside with its own backends only, and the client's address reaches
+    /// them.
     pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: pods reach the backends on their own node only.
+    pub internal_local: bool,
     /// One frontend per port, in the Service's order.
     pub frontends: Vec<Frontend>,
 }
@@ -69,10 +74,11 @@ impl Service {
     }
 }
 
-/// One port of a service: ClusterIP:port/protocol and its backends.
+/// One port of a service at one of its addresses, and its backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frontend {
     pub name: Option<String>,
+    pub kind: FrontendKind,
     pub address: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
@@ -80,6 +86,34 @@ pub struct Frontend {
     pub node_port: Option<u16>,
     /// Active backends first, in address order, then terminating ones.
     pub backends: Vec<Backend>,
+}
+
+/// Which of a Service's addresses a frontend is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    /// Reached by pods only.
+    ClusterIp,
+    /// A LoadBalancer address: reached by pods and, through the node announcing it, the outside.
+    LoadBalancer,
+    /// One of `spec.externalIPs`: as a LoadBalancer address.
+    ExternalIp,
+}
+
+impl FrontendKind {
+    /// Whether the outside reaches it through a node's uplink (as well as pods).
+    pub fn is_external(self) -> bool {
+        self != FrontendKind::ClusterIp
+    }
+}
+
+impl std::fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::ExternalIp => "externalIP",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -131,6 +165,8 @@ impl Services {
             .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
             .collect();
         let mut claimed: BTreeSet<u16> = BTreeSet::new();
+        // A LoadBalancer address or external IP may be shared by Services on different ports.
+        let mut claimed_frontends: BTreeMap<(Ipv4Addr, u16, Protocol), String> = BTreeMap::new();
         // Given addresses are taken before any is allocated, whatever the order.
         for (resource, service) in &parsed {
             let spec = service.spec.as_ref();
@@ -166,31 +202,56 @@ impl Services {
                     Err(_) => continue,
                 },
             };
-            for (field, present) in [
-                ("spec.externalIPs", spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty())),
-                ("spec.type", spec.type_.as_deref() == Some("LoadBalancer")),
-                ("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref().is_some_and(|p| p != "Cluster")),
-            ] {
-                if present {
-                    warnings.push(diagnostic(
-                        resource,
-                        field,
-                        "accepted, not served yet: the lab serves the ClusterIP and the NodePorts".to_string(),
-                    ));
-                }
-            }
-            let external_local = match spec.external_traffic_policy.as_deref() {
-                None | Some("Cluster") => false,
-                Some("Local") => true,
+            let mut traffic_policy = |field: &str, value: Option<&str>| match value {
+                None | Some("Cluster") => Some(false),
+                Some("Local") => Some(true),
                 Some(other) => {
                     errors.push(diagnostic(
                         resource,
-                        "spec.externalTrafficPolicy",
+                        field,
                         format!("`{other}` is not a traffic policy; use `Cluster` or `Local`"),
                     ));
-                    continue;
+                    None
                 }
             };
+            let external_local = traffic_policy("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref());
+            let internal_local = traffic_policy("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref());
+            let (Some(external_local), Some(internal_local)) = (external_local, internal_local) else {
+                continue;
+            };
+            let mut external_addresses: Vec<(FrontendKind, Ipv4Addr)> = Vec::new();
+            let mut given = |kind: FrontendKind, field: String, text: &str| match outside_address(plan, text) {
+                Ok(ip) if !external_addresses.iter().any(|(_, known)| *known == ip) => {
+                    external_addresses.push((kind, ip))
+                }
+                Ok(_) => {}
+                Err(message) => errors.push(diagnostic(resource, &field, message)),
+            };
+            if spec.type_.as_deref() == Some("LoadBalancer") {
+                if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|ip| !ip.is_empty()) {
+                    given(FrontendKind::LoadBalancer, "spec.loadBalancerIP".to_string(), ip);
+                }
+                let ingress =
+                    service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+                for (i, entry) in ingress.into_iter().flatten().enumerate() {
+                    if let Some(ip) = entry.ip.as_deref() {
+                        given(FrontendKind::LoadBalancer, format!("status.loadBalancer.ingress[{i}].ip"), ip);
+                    }
+                }
+            }
+            for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+                given(FrontendKind::ExternalIp, format!("spec.externalIPs[{i}]"), ip);
+            }
+            if spec.type_.as_deref() == Some("LoadBalancer")
+                && !external_addresses.iter().any(|(kind, _)| *kind == FrontendKind::LoadBalancer)
+            {
+                warnings.push(diagnostic(
+                    resource,
+                    "spec.loadBalancerIP",
+                    "no address given, so it is served at its NodePorts only: the lab allocates no LoadBalancer \
+                     addresses; give one in `spec.loadBalancerIP` or `status.loadBalancer.ingress[].ip`",
+                ));
+            }
             let with_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
             if let Some(t) = spec.type_.as_deref()
                 && !["ClusterIP", "NodePort", "LoadBalancer"].contains(&t)
@@ -226,6 +287,7 @@ impl Services {
                 .map(|(_, slice)| slice)
                 .collect();
             let mut frontends = Vec::new();
+            let mut outside = Vec::new();
             for (i, port) in spec.ports.iter().flatten().enumerate() {
                 let field = format!("spec.ports[{i}]");
                 let protocol = match port.protocol.as_deref() {
@@ -294,8 +356,31 @@ impl Services {
                 backends.retain(|b| b.state == BackendState::Active || !active.contains(&(b.address, b.port)));
                 let mut backends: Vec<Backend> = backends.into_iter().collect();
                 backends.sort_by_key(|b| (b.state, b.address, b.port));
+                for (kind, address) in &external_addresses {
+                    let frontend = (*address, number, protocol);
+                    match claimed_frontends.get(&frontend) {
+                        Some(owner) => errors.push(diagnostic(
+                            resource,
+                            &format!("{field}.port"),
+                            format!("{address}:{number}/{protocol:?} is already a frontend of Service {owner}"),
+                        )),
+                        None => {
+                            claimed_frontends.insert(frontend, format!("{namespace}/{}", resource.name));
+                            outside.push(Frontend {
+                                name: port.name.clone(),
+                                kind: *kind,
+                                address: *address,
+                                port: number,
+                                protocol,
+                                node_port: None,
+                                backends: backends.clone(),
+                            });
+                        }
+                    }
+                }
                 frontends.push(Frontend {
                     name: port.name.clone(),
+                    kind: FrontendKind::ClusterIp,
                     address: cluster_ip,
                     port: number,
                     protocol,
@@ -303,12 +388,14 @@ impl Services {
                     backends,
                 });
             }
+            frontends.append(&mut outside);
             services.push(Service {
                 namespace,
                 name: resource.name.clone(),
                 cluster_ip,
                 affinity_seconds,
                 external_local,
+                internal_local,
                 frontends,
             });
         }
@@ -323,6 +410,31 @@ impl Services {
         all.map(move |(s, f)| (ids[&(f.address, f.port, f.protocol)] as u16, s, f))
     }
 
+    /// The node (index in the plan) each LoadBalancer address and external IP is routed to, as
+    /// Cilium's L2 announcements or BGP would make the network do: the first node that may serve
+    /// it, which with `externalTrafficPolicy: Local` is the first with an active backend (none:
+    /// not announced, so unreachable from outside). Deterministic, so captures are too.
+    pub fn announcements(&self, plan: &Plan) -> BTreeMap<Ipv4Addr, usize> {
+        let mut announced = BTreeMap::new();
+        for (_, service, frontend) in self.frontends().filter(|(_, _, f)| f.kind.is_external()) {
+            let node = if service.external_local {
+                let serving = |node: usize| {
+                    frontend.backends.iter().any(|b| {
+                        b.state == BackendState::Active && plan.pods.iter().any(|p| p.node == node && p.ip == b.address)
+                    })
+                };
+                (0..plan.nodes.len()).find(|node| serving(*node))
+            } else {
+                (!plan.nodes.is_empty()).then_some(0)
+            };
+            if let Some(node) = node {
+                let first = announced.entry(frontend.address).or_insert(node);
+                *first = (*first).min(node);
+            }
+        }
+        announced
+    }
+
     /// Every distinct backend (address, port, protocol) with its id (see [`stable_ids`]).
     pub fn backend_ids(&self) -> BTreeMap<(Ipv4Addr, u16, Protocol), u32> {
         let all = self
@@ -332,6 +444,27 @@ impl Services {
             .flat_map(|f| f.backends.iter().map(move |b| (b.address, b.port, f.protocol)));
         stable_ids(all, u64::from(i32::MAX as u32), "backend").into_iter().map(|(k, id)| (k, id as u32)).collect()
     }
+}
+
+/// A LoadBalancer address or external IP: one that the fabric can route to a node, so none of
+/// the lab's own ranges (its nodes', pods', Services' and externals' subnets).
+fn outside_address(plan: &Plan, text: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = text.parse().map_err(|_| format!("`{text}` is not an IPv4 address"))?;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() || ip.is_link_local() {
+        return Err(format!("`{ip}` cannot be routed to a node"));
+    }
+    let ranges = plan
+        .nodes
+        .iter()
+        .flat_map(|n| [("the nodes' subnet", n.ip.trunc()), ("a pod CIDR", n.pod_cidr)])
+        .chain(plan.externals.iter().map(|e| ("an external's subnet", e.address.trunc())))
+        .chain([("serviceCIDR", plan.service_cidr)]);
+    for (what, range) in ranges {
+        if range.contains(&ip) {
+            return Err(format!("`{ip}` is inside {what} `{range}`; give an address the lab does not use"));
+        }
+    }
+    Ok(ip)
 }
 
 /// Numbers for frontends and backends that stay what they were while others come and go:

@@ -68,6 +68,11 @@ impl LabDir {
         self.path.join("agent.log")
     }
 
+    /// How many requests (reload, flow sync, restart) the agent has done, and the last failure.
+    pub fn acks_path(&self) -> PathBuf {
+        self.path.join("agent.acks")
+    }
+
     /// The agent's record of the datapath's flows, one Hubble JSON flow a line.
     pub fn flows_path(&self) -> PathBuf {
         self.path.join("flows.jsonl")
@@ -93,7 +98,7 @@ impl LabDir {
     /// with `lab apply`) and the Kubernetes objects in force.
     pub fn write_sources(&self, topology: &Topology, resources: &[Resource]) -> Result<()> {
         // The objects are kept once, resolved, in resources.json.
-        let topology = Topology { resources: Vec::new(), ..topology.clone() };
+        let topology = Topology { resources: Vec::new(), scenario: None, ..topology.clone() };
         self.write_atomic("topology.json", &serde_json::to_vec_pretty(&topology)?)?;
         self.write_atomic("resources.json", &serde_json::to_vec_pretty(resources)?)
     }

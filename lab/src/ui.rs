@@ -11,7 +11,7 @@ pub fn color_enabled() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
-fn paint(text: &str, code: &str) -> String {
+pub fn paint(text: &str, code: &str) -> String {
     if color_enabled() { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
 }
 
@@ -21,6 +21,14 @@ pub fn error(message: impl std::fmt::Display) {
 
 pub fn warning(message: impl std::fmt::Display) {
     eprintln!("{} {message}", paint("warning:", "1;33"));
+}
+
+pub fn paint_ok(text: &str) -> String {
+    paint(text, "32")
+}
+
+pub fn paint_failed(text: &str) -> String {
+    paint(text, "1;31")
 }
 
 pub fn bold(text: &str) -> String {

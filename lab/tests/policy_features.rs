@@ -542,3 +542,29 @@ fn host_policy_is_enforced(file: &std::path::Path) {
     assert_eq!(drop_of(&lab.name, &local, &node_a, Kind::Tcp(22)), ("INGRESS".into(), POLICY_DENIED));
     assert_eq!(drop_of(&lab.name, &node_a, &web, Kind::Tcp(443)), ("EGRESS".into(), POLICY_DENIED));
 }
+
+const UNMANAGED: &str = "\
+-\tdefault/client\tdefault/legacy\tdefault/db
+default/client\t.\t.\t.
+default/legacy\t.\t.\t133
+default/db\t.\t.\t.
+";
+
+/// An unmanaged pod: its own policy is not enforced, and others see it as identity `unmanaged`,
+/// so the label that would let it in does not.
+#[test]
+fn an_unmanaged_pod_is_not_enforced_and_is_seen_as_unmanaged() {
+    let lab = Lab::up(&topology("policy/unmanaged.yaml"), "unmanaged");
+    let plan = lab.plan();
+    let pods: Vec<Peer> = plan.pods.iter().map(|q| Peer::pod(&plan, &q.id())).collect();
+    assert_eq!(verdicts(&lab.name, &pods, &pods, Kind::Tcp(5432)), UNMANAGED);
+    let legacy = pod(&plan, "default/legacy");
+    assert_eq!(legacy.identity, lab::datapath::abi::identity::UNMANAGED);
+    let drop = drop_flows(&lab.name, &pods[1], &pods[2], Kind::Tcp(5432)).remove(0);
+    assert_eq!(drop["source"]["identity"], 3, "{drop}");
+    assert_eq!(drop["source"]["labels"], serde_json::json!(["reserved:unmanaged"]), "{drop}");
+    assert_eq!(drop["source"].get("ID"), None, "an unmanaged pod is no endpoint: {drop}");
+    // Its veth carries no program: no flow was recorded on it.
+    let on_its_veth = flows(&lab.name).into_iter().filter(|f| f["interface"]["name"] == legacy.host_ifname.as_str());
+    assert_eq!(on_its_veth.count(), 0);
+}

@@ -1,6 +1,7 @@
-//! Services through the real datapath (topologies/services/clusterip.yaml): per-packet load
-//! balancing in the client's egress with DNAT, reverse NAT on the replies, session affinity,
-//! named target ports, the drop of a service without backends, and policy after DNAT.
+//! Services through the real datapath (topologies/services/): per-packet load balancing in the
+//! client's egress with DNAT, reverse NAT on the replies, session affinity, named target ports,
+//! the drop of a service without backends, policy after DNAT, backend churn, NodePorts,
+//! LoadBalancer addresses and external IPs from outside, and the traffic policies.
 
 mod common;
 
@@ -172,7 +173,8 @@ fn a_terminating_backend_drains_and_a_deleted_one_resets_its_connections() {
         ("10.0.0.101", "{ready: false, serving: true, terminating: true}"),
         ("10.0.1.102", "{ready: true}"),
     ]));
-    let listed = lab::cmd::services::rows(&lab::live::services(&plan, &lab_sources(&lab.name)).unwrap());
+    let listed =
+        lab::cmd::services::rows(&lab::live::services(&plan, &lab_sources(&lab.name)).unwrap(), &Default::default());
     let states: Vec<(&str, &str)> = listed[0].backends.iter().map(|b| (b.address.as_str(), b.state)).collect();
     assert_eq!(states, [("10.0.1.102:8080", "active"), ("10.0.0.101:8080", "terminating")]);
     draining.exchange("while terminating\n").expect("a terminating backend keeps its connections");
@@ -200,11 +202,17 @@ fn lab_sources(name: &str) -> Vec<lab::topology::resources::Resource> {
 /// What the backend `web` saw as the source of an HTTP GET from the external `user` to
 /// `node`:`port`: `None` if the GET failed.
 fn nodeport_source(plan: &lab::plan::Plan, node: &str, port: u16) -> Option<Ipv4Addr> {
+    let node_ip = plan.nodes.iter().find(|n| n.name == node).unwrap().ip.addr();
+    source_seen_by_web(plan, node_ip, port)
+}
+
+/// What the backend `web` saw as the source of an HTTP GET from the external `user` to
+/// `address`:`port`: `None` if the GET failed.
+fn source_seen_by_web(plan: &lab::plan::Plan, address: Ipv4Addr, port: u16) -> Option<Ipv4Addr> {
     let web = plan.pods.iter().find(|p| p.name == "web").unwrap();
     let user = netns::open(&plan.externals.iter().find(|e| e.name == "user").unwrap().netns).unwrap();
-    let node_ip = plan.nodes.iter().find(|n| n.name == node).unwrap().ip.addr();
     let socket = capture(&netns::open(&web.netns).unwrap());
-    let target = SocketAddrV4::new(node_ip, port).into();
+    let target = SocketAddrV4::new(address, port).into();
     let stream = netns::run_in(&user, || TcpStream::connect_timeout(&target, Duration::from_secs(1))).unwrap();
     let mut stream = stream.ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -282,4 +290,55 @@ fn maglev_gives_a_tuple_the_same_backend_every_time() {
     assert_eq!(round(), first, "the same ports, the same backends");
     let distinct: std::collections::BTreeSet<&String> = first.iter().collect();
     assert!(distinct.len() >= 2, "{first:?}");
+}
+
+/// LoadBalancer addresses and external IPs from outside, through the node the fabric routes them
+/// to, in both externalTrafficPolicy modes; the same addresses from pods (the internal scope);
+/// internalTrafficPolicy Local; and the route following the Service when it changes.
+#[test]
+fn load_balancer_addresses_and_external_ips_are_served() {
+    let lab = Lab::up(&topology("services/loadbalancer.yaml"), "lb");
+    let plan = lab.plan();
+    let node = |name: &str| plan.nodes.iter().find(|n| n.name == name).unwrap().ip.addr();
+    let pod = |name: &str| netns::open(&plan.pods.iter().find(|p| p.name == name).unwrap().netns).unwrap();
+    let user = plan.externals.iter().find(|e| e.name == "user").unwrap().address.addr();
+    let (cluster, local, external_ip) =
+        (Ipv4Addr::new(192, 0, 2, 80), Ipv4Addr::new(192, 0, 2, 81), Ipv4Addr::new(192, 0, 2, 90));
+
+    // Cluster: node-a announces it and has no backend, so web sees node-a.
+    assert_eq!(source_seen_by_web(&plan, cluster, 80), Some(node("node-a")));
+    assert_eq!(source_seen_by_web(&plan, external_ip, 80), Some(node("node-a")));
+    // Local: node-b announces it, and the user's address arrives.
+    assert_eq!(source_seen_by_web(&plan, local, 80), Some(user));
+
+    // From pods, the Local address has every backend (the internal scope), and answers from
+    // itself (`get` asserts the peer).
+    assert_eq!(get(&pod("client"), local), Ok("default/web".to_string()));
+    // internalTrafficPolicy Local: node-a has no backend of web-internal, node-b has web.
+    let internal = Ipv4Addr::new(172, 30, 0, 20);
+    assert!(get(&pod("client"), internal).is_err());
+    let dropped =
+        wait_for_flow(&lab.name, |f| f["drop_reason"] == 158 && f["destination_service"]["name"] == "web-internal");
+    assert_eq!(dropped["node_name"], "node-a");
+    assert_eq!(get(&pod("neighbour"), internal), Ok("default/web".to_string()));
+
+    // web-local changed to externalTrafficPolicy Cluster on the running lab: node-a announces
+    // its address now, and SNATs.
+    let changed = common::lab_change(
+        &lab.name,
+        "apply",
+        "apiVersion: v1
+kind: Service
+metadata: {name: web-local}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 192.0.2.81}]
+",
+    );
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    assert_eq!(source_seen_by_web(&plan, local, 80), Some(node("node-a")));
 }

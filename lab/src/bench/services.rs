@@ -872,7 +872,7 @@ mod tests {
 
     #[test]
     fn several_endpoints_are_picked_at_random_and_terminating_ones_not_at_all() {
-        use crate::services::{Backend, Frontend, Service};
+        use crate::services::{Backend, Frontend, FrontendKind, Service};
         let backend = |last: u8, state| Backend { address: Ipv4Addr::new(10, 0, 0, last), port: 8080, state };
         let services = Services {
             services: vec![Service {
@@ -881,9 +881,11 @@ mod tests {
                 cluster_ip: Ipv4Addr::new(172, 30, 0, 9),
                 affinity_seconds: None,
                 external_local: false,
+                internal_local: false,
                 frontends: vec![
                     Frontend {
                         name: None,
+                        kind: FrontendKind::ClusterIp,
                         address: Ipv4Addr::new(172, 30, 0, 9),
                         port: 53,
                         protocol: Protocol::Udp,
@@ -897,6 +899,7 @@ mod tests {
                     },
                     Frontend {
                         name: Some("none".to_string()),
+                        kind: FrontendKind::ClusterIp,
                         address: Ipv4Addr::new(172, 30, 0, 9),
                         port: 54,
                         protocol: Protocol::Tcp,

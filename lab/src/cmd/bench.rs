@@ -717,3 +717,58 @@ fn print_services_table(result: &ServicesResult, verdicts: &[Verdict]) {
         );
     }
 }
+
+/// `lab bench suite`: `lab test` of the conformance cases, whose cases share a lab per job,
+/// against the same cases each bringing up a lab of its own, in one run.
+pub fn suite(path: &std::path::Path, jobs: Option<usize>, format: Format) -> Result<()> {
+    use super::test::{self, CaseResult};
+    super::require_root()?;
+    let cases = test::discover(&[path.to_path_buf()], None)?;
+    anyhow::ensure!(!cases.is_empty(), "no scenarios in {}", path.display());
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let measure = |share: bool| -> Result<(f64, usize, usize)> {
+        let started = std::time::Instant::now();
+        let results: Vec<CaseResult> = test::run_cases_sharing(cases.clone(), jobs, false, share, |_| {});
+        let seconds = started.elapsed().as_secs_f64();
+        let probes = results.iter().flat_map(|r| &r.steps).map(|s| s.probes).sum();
+        Ok((seconds, probes, test::count(&results).1))
+    };
+    let (shared_seconds, probes, shared_failed) = measure(true)?;
+    let (own_seconds, own_probes, own_failed) = measure(false)?;
+    let steps: usize = cases.iter().map(|c| c.steps.len()).sum();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "path": path.display().to_string(), "scenarios": cases.len(), "steps": steps, "jobs": jobs,
+                "shared": {"seconds": shared_seconds, "probes": probes, "probes_per_second": probes as f64 / shared_seconds, "failed_steps": shared_failed},
+                "lab_per_case": {"seconds": own_seconds, "probes": own_probes, "probes_per_second": own_probes as f64 / own_seconds, "failed_steps": own_failed},
+            }))?
+        ),
+        Format::Table => {
+            println!(
+                "{}: {} scenarios, {steps} steps, {probes} probes, {jobs} labs at once",
+                path.display(),
+                cases.len()
+            );
+            println!("{:<28} {:>9} {:>10} {:>13}", "HOW", "WALL", "PROBES/S", "FAILED STEPS");
+            for (how, seconds, probes, failed) in [
+                ("lab test (shared labs)", shared_seconds, probes, shared_failed),
+                ("a fresh lab per case", own_seconds, own_probes, own_failed),
+            ] {
+                println!("{how:<28} {:>7.1} s {:>10.0} {failed:>13}", seconds, probes as f64 / seconds);
+            }
+            println!(
+                "lab test is {:.1}x as fast; target: the suite in under 60 s: {}",
+                own_seconds / shared_seconds,
+                if shared_seconds < 60.0 { "met" } else { "missed" }
+            );
+        }
+    }
+    anyhow::ensure!(
+        shared_failed == 0 && own_failed == 0,
+        "steps failed; run `lab test {}` to see why",
+        path.display()
+    );
+    Ok(())
+}

@@ -11,6 +11,7 @@ pub mod observe;
 pub mod policy;
 pub mod probe;
 pub mod services;
+pub mod test;
 pub mod up;
 pub mod validate;
 

@@ -25,13 +25,14 @@ pub fn parse_kind(text: &str) -> Result<Kind, String> {
 }
 
 /// Something that sends or receives: a pod, a node or an external, by name, or an address.
-struct Endpoint {
-    name: String,
-    netns: Option<String>,
-    ip: Ipv4Addr,
+pub struct Endpoint {
+    pub name: String,
+    pub netns: Option<String>,
+    pub ip: Ipv4Addr,
 }
 
-fn resolve(plan: &Plan, target: &str) -> Result<Endpoint> {
+/// A pod (`namespace/name`, or a name only one pod has), node, external or IPv4 address.
+pub fn resolve(plan: &Plan, target: &str) -> Result<Endpoint> {
     if let Ok(ip) = target.parse::<Ipv4Addr>() {
         return Ok(Endpoint { name: target.to_string(), netns: None, ip });
     }

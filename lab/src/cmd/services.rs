@@ -1,12 +1,15 @@
 //! `lab services NAME [-o json]`: the lab's services as the datapath serves them, one line per
 //! frontend with its backends and their state, as `cilium-dbg service list` prints Cilium's.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::cmd::ls::Format;
 use crate::live;
-use crate::services::{BackendState, Services};
+use crate::services::{BackendState, FrontendKind, Services};
 use crate::state::LabDir;
 
 /// One frontend.
@@ -26,18 +29,23 @@ pub struct BackendRow {
     pub state: &'static str,
 }
 
-pub fn rows(services: &Services) -> Vec<Row> {
+/// `announced` names the node the fabric routes each LoadBalancer address and external IP to.
+pub fn rows(services: &Services, announced: &BTreeMap<Ipv4Addr, String>) -> Vec<Row> {
     services
         .frontends()
         .map(|(id, service, frontend)| Row {
             id,
             service: service.id(),
-            frontend: match frontend.node_port {
-                None => format!("{}:{}/{:?}", frontend.address, frontend.port, frontend.protocol).to_uppercase(),
-                Some(node_port) => {
-                    format!("{}:{}/{:?} (NodePort {node_port})", frontend.address, frontend.port, frontend.protocol)
-                        .replace("Tcp", "TCP")
-                        .replace("Udp", "UDP")
+            frontend: {
+                let protocol = format!("{:?}", frontend.protocol).to_uppercase();
+                let address = format!("{}:{}/{protocol}", frontend.address, frontend.port);
+                match (frontend.kind, frontend.node_port) {
+                    (FrontendKind::ClusterIp, None) => address,
+                    (FrontendKind::ClusterIp, Some(node_port)) => format!("{address} (NodePort {node_port})"),
+                    (kind, _) => match announced.get(&frontend.address) {
+                        Some(node) => format!("{address} ({kind}, announced by {node})"),
+                        None => format!("{address} ({kind}, not announced)"),
+                    },
                 }
             },
             affinity: service.affinity_seconds,
@@ -60,7 +68,13 @@ pub fn run(name: &str, format: Format) -> Result<()> {
     let dir = LabDir::of(name);
     let plan = dir.read_plan()?;
     let resources = dir.read_sources()?.1;
-    let rows = rows(&live::services(&plan, &resources)?);
+    let services = live::services(&plan, &resources)?;
+    let announced = services
+        .announcements(&plan)
+        .into_iter()
+        .map(|(address, node)| (address, plan.nodes[node].name.clone()))
+        .collect();
+    let rows = rows(&services, &announced);
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Table => print!("{}", table(&rows)),
@@ -97,7 +111,7 @@ fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::{Backend, Frontend, Service};
+    use crate::services::{Backend, Frontend, FrontendKind, Service};
     use crate::topology::Protocol;
 
     #[test]
@@ -110,8 +124,10 @@ mod tests {
                 cluster_ip: "172.30.0.10".parse().unwrap(),
                 affinity_seconds: None,
                 external_local: false,
+                internal_local: false,
                 frontends: vec![Frontend {
                     name: None,
+                    kind: FrontendKind::ClusterIp,
                     address: "172.30.0.10".parse().unwrap(),
                     port: 80,
                     protocol: Protocol::Tcp,
@@ -121,7 +137,7 @@ mod tests {
             }],
             warnings: Vec::new(),
         };
-        let rows = rows(&services);
+        let rows = rows(&services, &BTreeMap::new());
         let text = table(&rows);
         let line = text.lines().nth(1).unwrap();
         assert!(line.starts_with(&rows[0].id.to_string()), "{text}");

@@ -98,6 +98,7 @@ fn build(lab: &LabDir, plan: &Plan, policy: &Compiled, services: &Services) -> R
     built?;
     realise::crash_point("built");
     datapath::install(plan, policy, services)?;
+    realise::announce(plan, services)?;
     agent::spawn(lab).context("starting the lab agent")?;
     realise::crash_point("served");
     Ok(())

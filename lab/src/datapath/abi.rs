@@ -202,12 +202,21 @@ pub struct Lb4Key {
     pub dport: u16,
     pub backend_slot: u16,
     pub proto: u8,
-    pub pad: [u8; 3],
+    /// `LB_SCOPE_*`.
+    pub scope: u8,
+    pub pad: [u8; 2],
 }
+
+/// The backends of whoever reaches the frontend from outside (externalTrafficPolicy).
+pub const LB_SCOPE_EXT: u8 = 0;
+/// The backends pods reach (internalTrafficPolicy), where they differ from the external ones.
+pub const LB_SCOPE_INT: u8 = 1;
 
 pub const LB4_F_AFFINITY: u8 = 1;
 pub const LB4_F_NODEPORT: u8 = 2;
 pub const LB4_F_MAGLEV: u8 = 4;
+pub const LB4_F_TWO_SCOPES: u8 = 8;
+pub const LB4_F_SCOPE_INT: u8 = 16;
 /// Slots of each frontend's Maglev table (a prime).
 pub const MAGLEV_SIZE: u32 = 1021;
 
@@ -428,7 +437,7 @@ mod layout {
             CtEntry,
             [expires, packets, src_identity, flags, tx_flags_seen, rx_flags_seen, pad, backend_id, rev_nat_index, pad2]
         );
-        check!(structs, "lb4_key", Lb4Key, [address, dport, backend_slot, proto, pad]);
+        check!(structs, "lb4_key", Lb4Key, [address, dport, backend_slot, proto, scope, pad]);
         check!(structs, "lb4_service", Lb4Service, [backend_id, count, rev_nat_index, flags, pad, terminating]);
         check!(structs, "lb4_backend", Lb4Backend, [address, port, proto, state]);
         check!(structs, "lb4_reverse_nat", Lb4ReverseNat, [address, port, pad]);

@@ -1,7 +1,8 @@
 //! The service maps (bpf/lib/lb.h): what they hold for a lab's [`Services`] on each node (pure),
 //! and writing it into every node's pinned maps. Every node holds every service, as every Cilium
-//! agent does, and its own address's NodePorts; with `externalTrafficPolicy: Local` those list
-//! the node's own backends only.
+//! agent does, and its own address's NodePorts. What the outside reaches (NodePorts,
+//! LoadBalancer addresses, external IPs) lists only the node's own backends with
+//! `externalTrafficPolicy: Local`; what pods reach, with `internalTrafficPolicy: Local`.
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -11,8 +12,8 @@ use aya::Pod;
 use aya::maps::{HashMap, Map};
 
 use super::abi::{
-    BE_STATE_ACTIVE, BE_STATE_TERMINATING, LB4_F_AFFINITY, LB4_F_MAGLEV, LB4_F_NODEPORT, Lb4Backend, Lb4Key,
-    Lb4ReverseNat, Lb4Service, MAGLEV_SIZE, MaglevKey,
+    BE_STATE_ACTIVE, BE_STATE_TERMINATING, LB_SCOPE_EXT, LB_SCOPE_INT, LB4_F_AFFINITY, LB4_F_MAGLEV, LB4_F_NODEPORT,
+    LB4_F_SCOPE_INT, LB4_F_TWO_SCOPES, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, MAGLEV_SIZE, MaglevKey,
 };
 use super::maps::{ipv4, open};
 use super::pins;
@@ -69,11 +70,19 @@ pub fn lb_maps(services: &Services, plan: &Plan, node: usize) -> LbMaps {
     let maglev = plan.load_balancer_algorithm == LoadBalancerAlgorithm::Maglev;
     for (rev_nat_index, service, frontend) in services.frontends() {
         let affinity = if service.affinity_seconds.is_some() { LB4_F_AFFINITY } else { 0 };
-        let active: Vec<&Backend> = frontend.backends.iter().filter(|b| b.state == BackendState::Active).collect();
-        // One table per frontend, over all its backends: a Local NodePort, which has only the
-        // node's, picks among them at random.
-        let algorithm = if maglev && !active.is_empty() { LB4_F_MAGLEV } else { 0 };
-        if algorithm != 0 {
+        let all: Vec<&Backend> = frontend.backends.iter().collect();
+        let on_this_node = |local_only: bool| -> Vec<&Backend> {
+            all.iter().copied().filter(|b| !local_only || local.contains(&b.address)).collect()
+        };
+        let internal = on_this_node(service.internal_local);
+        let external = on_this_node(service.external_local);
+        let active: Vec<&Backend> = all.iter().copied().filter(|b| b.state == BackendState::Active).collect();
+        // One table per frontend, over all its active backends: a set narrowed to the node's
+        // own backends picks among them at random.
+        let algorithm = |backends: &[&Backend]| {
+            if maglev && !active.is_empty() && backends.len() == all.len() { LB4_F_MAGLEV } else { 0 }
+        };
+        if maglev && !active.is_empty() {
             let names: Vec<String> = active.iter().map(|b| format!("{}:{}", b.address, b.port)).collect();
             for (slot, backend) in maglev_table(&names, MAGLEV_SIZE).into_iter().enumerate() {
                 let key = MaglevKey { rev_nat_index, pad: 0, slot: slot as u32 };
@@ -81,20 +90,21 @@ pub fn lb_maps(services: &Services, plan: &Plan, node: usize) -> LbMaps {
                 maps.maglev.insert(key, ids[&(backend.address, backend.port, frontend.protocol)]);
             }
         }
-        let mut add = |address, port: u16, flags, backends: Vec<&Backend>| {
+        let mut add = |address, port: u16, scope, flags, backends: &[&Backend]| {
             let key = |slot: u16| Lb4Key {
                 address: ipv4(address),
                 dport: port.to_be(),
                 backend_slot: slot,
                 proto: protocol_number(frontend.protocol),
-                pad: [0; 3],
+                scope,
+                pad: [0; 2],
             };
             let active = backends.iter().filter(|b| b.state == BackendState::Active).count();
             let master = Lb4Service {
                 backend_id: service.affinity_seconds.unwrap_or(0),
                 count: active as u16,
                 rev_nat_index,
-                flags: affinity | flags,
+                flags: affinity | algorithm(backends) | flags,
                 pad: 0,
                 terminating: (backends.len() - active) as u16,
             };
@@ -105,14 +115,27 @@ pub fn lb_maps(services: &Services, plan: &Plan, node: usize) -> LbMaps {
                 maps.services.insert(key(slot as u16 + 1), entry);
             }
         };
-        add(frontend.address, frontend.port, algorithm, frontend.backends.iter().collect());
-        if let Some(node_port) = frontend.node_port {
-            let backends = frontend.backends.iter().filter(|b| !service.external_local || local.contains(&b.address));
-            let algorithm = if service.external_local { 0 } else { algorithm };
-            add(node_ip, node_port, LB4_F_NODEPORT | algorithm, backends.collect());
+        if frontend.kind.is_external() {
+            // The outside's backends, and the pods' where they differ (Cilium's two scopes).
+            let two_scopes = internal != external;
+            add(
+                frontend.address,
+                frontend.port,
+                LB_SCOPE_EXT,
+                LB4_F_NODEPORT | if two_scopes { LB4_F_TWO_SCOPES } else { 0 },
+                &external,
+            );
+            if two_scopes {
+                add(frontend.address, frontend.port, LB_SCOPE_INT, LB4_F_SCOPE_INT, &internal);
+            }
+        } else {
+            add(frontend.address, frontend.port, LB_SCOPE_EXT, 0, &internal);
+            if let Some(node_port) = frontend.node_port {
+                add(node_ip, node_port, LB_SCOPE_EXT, LB4_F_NODEPORT, &external);
+            }
         }
-        // Pods' connections are translated back to the ClusterIP with this; a NodePort's
-        // answers find their frontend in the NAT map (bpf/lab_host.c).
+        // Pods' connections are translated back to the frontend with this; a connection from
+        // outside finds its frontend in the NAT map (bpf/lab_host.c).
         let frontend_address = Lb4ReverseNat { address: ipv4(frontend.address), port: frontend.port.to_be(), pad: 0 };
         maps.reverse_nat.insert(rev_nat_index, frontend_address);
     }
@@ -220,6 +243,59 @@ impl<'a, K: Pod + Ord + Hash, V: Pod + PartialEq> Synced<'a, K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Node `node`'s master entries: (address, port, scope) → (flags, active backends).
+    fn masters(topology: &str, node: usize) -> BTreeMap<(std::net::Ipv4Addr, u16, u8), (u8, u16)> {
+        let loaded = crate::topology::load_str(std::path::Path::new("t.yaml"), topology).unwrap();
+        let plan = Plan::new(&loaded.topology, "t");
+        let services = Services::resolve(&plan, &loaded.resources).unwrap();
+        lb_maps(&services, &plan, node)
+            .services
+            .into_iter()
+            .filter(|(key, _)| key.backend_slot == 0)
+            .map(|(key, service)| {
+                let address = std::net::Ipv4Addr::from(u32::from_be(key.address));
+                ((address, u16::from_be(key.dport), key.scope), (service.flags, service.count))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_outside_and_the_pods_get_their_own_backends_where_traffic_policies_differ() {
+        let topology = "name: t
+nodes: [{name: a}, {name: b}]
+pods:
+  - {name: web-1, node: a, labels: {app: web}}
+  - {name: web-2, node: b, labels: {app: web}}
+resources:
+  - inline: |
+      apiVersion: v1
+      kind: Service
+      metadata: {name: web}
+      spec:
+        type: LoadBalancer
+        clusterIP: 172.30.0.10
+        loadBalancerIP: 192.0.2.80
+        externalTrafficPolicy: Local
+        selector: {app: web}
+        ports: [{port: 80, nodePort: 30080}]
+";
+        let lb = std::net::Ipv4Addr::new(192, 0, 2, 80);
+        let cluster_ip = std::net::Ipv4Addr::new(172, 30, 0, 10);
+        let a = masters(topology, 0);
+        // The outside reaches node a's backend only; pods every backend, in the internal scope.
+        assert_eq!(a[&(lb, 80, LB_SCOPE_EXT)], (LB4_F_NODEPORT | LB4_F_TWO_SCOPES, 1));
+        assert_eq!(a[&(lb, 80, LB_SCOPE_INT)], (LB4_F_SCOPE_INT, 2));
+        assert_eq!(a[&(cluster_ip, 80, LB_SCOPE_EXT)], (0, 2));
+        assert_eq!(a.values().filter(|(flags, count)| *flags == LB4_F_NODEPORT && *count == 1).count(), 1, "NodePort");
+
+        // internalTrafficPolicy Local as well: both scopes are the node's own backend, so one.
+        let both = topology.replace("        selector:", "        internalTrafficPolicy: Local\n        selector:");
+        let a = masters(&both, 0);
+        assert_eq!(a[&(lb, 80, LB_SCOPE_EXT)], (LB4_F_NODEPORT, 1));
+        assert!(!a.contains_key(&(lb, 80, LB_SCOPE_INT)));
+        assert_eq!(a[&(cluster_ip, 80, LB_SCOPE_EXT)], (0, 1));
+    }
 
     #[test]
     fn maglev_spreads_evenly_and_a_departure_moves_little_else() {

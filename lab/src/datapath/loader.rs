@@ -9,8 +9,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use aya::programs::LinkOrder;
-use aya::programs::links::FdLink;
-use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{
+    self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle,
+};
 use aya::{Ebpf, EbpfLoader};
 
 use super::maps::ipv4;
@@ -26,6 +28,20 @@ pub(crate) static HOST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!(
 const LAB_WIDE_MAPS: [&str; 2] = ["lab_events", "lab_metrics"];
 const POLICY_MAP: &str = "lab_policy";
 pub(crate) const HOST_POLICY_MAP: &str = "lab_host_policy";
+
+/// Where a netlink-attached program sits among the interface's filters: Cilium's `pref 1 handle
+/// 0x1`, fixed so a restarted datapath can name the filter whose program it replaces.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// Whether programs go onto bare interfaces or take the place of the ones attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Install {
+    Attach,
+    /// In one step per hook (a netlink filter changed in place, a TCX link updated): no packet
+    /// ever passes without a program, as when cilium-agent regenerates its endpoints.
+    Replace,
+}
 
 /// The magic number of a bpf filesystem (`BPF_FS_MAGIC`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -58,6 +74,17 @@ struct PodConstants {
 /// Loads and attaches the datapath to every node and pod of `plan`. The maps must be filled
 /// (see [`super::maps`]) before traffic is expected to pass as the policy says.
 pub fn attach(plan: &Plan) -> Result<()> {
+    install(plan, Install::Attach)
+}
+
+/// Loads every program of a running lab again, on its pinned maps, and puts each in the place of
+/// the one attached, as a restarted cilium-agent does: conntrack, identities and policies carry
+/// over, and so do established connections.
+pub fn replace(plan: &Plan) -> Result<()> {
+    install(plan, Install::Replace)
+}
+
+fn install(plan: &Plan, how: Install) -> Result<()> {
     let constants = pod_constants(plan);
     let mut loader = lab_loader(plan);
     let nodes = open_nodes(plan)?;
@@ -77,15 +104,20 @@ pub fn attach(plan: &Plan) -> Result<()> {
             .override_global("NATIVE_ROUTING_MASK", &native_routing[1], false);
         let mut host =
             loader.load(HOST_OBJECT).with_context(|| format!("loading the datapath of node {}", node.name))?;
-        node.attach(&mut host, "from_netdev", UPLINK_NAME, TcAttachType::Ingress)?;
-        node.attach(&mut host, "to_netdev", UPLINK_NAME, TcAttachType::Egress)?;
+        // Every uplink is a native device, as Cilium attaches to each.
+        let uplinks = std::iter::once(UPLINK_NAME).chain(planned.uplinks.iter().map(|u| u.name.as_str()));
+        for uplink in uplinks {
+            node.attach(&mut host, "from_netdev", uplink, TcAttachType::Ingress, how)?;
+            node.attach(&mut host, "to_netdev", uplink, TcAttachType::Egress, how)?;
+        }
         if plan.routing_mode == RoutingMode::Tunnel {
-            node.attach(&mut host, "from_overlay", VXLAN_NAME, TcAttachType::Ingress)?;
-            node.attach(&mut host, "to_overlay", VXLAN_NAME, TcAttachType::Egress)?;
+            node.attach(&mut host, "from_overlay", VXLAN_NAME, TcAttachType::Ingress, how)?;
+            node.attach(&mut host, "to_overlay", VXLAN_NAME, TcAttachType::Egress, how)?;
         }
     }
-    let all: Vec<usize> = (0..plan.pods.len()).collect();
-    attach_pods_with(&mut loader, &constants, &nodes, plan, &all)
+    // An unmanaged pod started before the datapath: its veth stays bare.
+    let managed: Vec<usize> = (0..plan.pods.len()).filter(|&i| plan.pods[i].managed).collect();
+    attach_pods_with(&mut loader, &constants, &nodes, plan, &managed, how)
 }
 
 /// Loads a fresh copy of the pod datapath for each of `pods` (indices into `plan.pods`) and
@@ -93,7 +125,7 @@ pub fn attach(plan: &Plan) -> Result<()> {
 /// and policies carry over. The pods must have no program attached (see [`detach_pods`]).
 pub fn attach_pods(plan: &Plan, pods: &[usize]) -> Result<()> {
     let constants = pod_constants(plan);
-    attach_pods_with(&mut lab_loader(plan), &constants, &open_nodes(plan)?, plan, pods)
+    attach_pods_with(&mut lab_loader(plan), &constants, &open_nodes(plan)?, plan, pods, Install::Attach)
 }
 
 /// Takes the programs off `pods`' veths: their packets then cross bare veths, as before the
@@ -147,6 +179,7 @@ fn attach_pods_with<'a>(
     nodes: &[Node<'_>],
     plan: &Plan,
     pods: &[usize],
+    how: Install,
 ) -> Result<()> {
     for &index in pods {
         let (pod, constants) = (&plan.pods[index], &constants[index]);
@@ -158,8 +191,8 @@ fn attach_pods_with<'a>(
             .override_global("NODE_ID", &constants.node_id, true)
             .map_pin_path(POLICY_MAP, constants.policy_pin.as_path());
         let mut lxc = loader.load(LXC_OBJECT).with_context(|| format!("loading the datapath of pod {}", pod.id()))?;
-        node.attach(&mut lxc, "from_container", &pod.host_ifname, TcAttachType::Ingress)?;
-        node.attach(&mut lxc, "to_container", &pod.host_ifname, TcAttachType::Egress)?;
+        node.attach(&mut lxc, "from_container", &pod.host_ifname, TcAttachType::Ingress, how)?;
+        node.attach(&mut lxc, "to_container", &pod.host_ifname, TcAttachType::Egress, how)?;
     }
     Ok(())
 }
@@ -191,9 +224,17 @@ impl Node<'_> {
         Ok(())
     }
 
-    /// Attaches `program` of `ebpf` to `interface` and leaves it there after this process exits:
-    /// a netlink filter holds its program until the interface goes; a TCX link is pinned.
-    fn attach(&self, ebpf: &mut Ebpf, program: &str, interface: &str, direction: TcAttachType) -> Result<()> {
+    /// Attaches `program` of `ebpf` to `interface` (or, with [`Install::Replace`], puts it in the
+    /// place of the program attached there) and leaves it there after this process exits: a
+    /// netlink filter holds its program until the interface goes; a TCX link is pinned.
+    fn attach(
+        &self,
+        ebpf: &mut Ebpf,
+        program: &str,
+        interface: &str,
+        direction: TcAttachType,
+        how: Install,
+    ) -> Result<()> {
         let classifier: &mut SchedClassifier = ebpf
             .program_mut(program)
             .with_context(|| format!("no program {program} in the datapath object"))?
@@ -201,12 +242,35 @@ impl Node<'_> {
         if classifier.fd().is_err() {
             classifier.load().map_err(|e| anyhow::anyhow!("the kernel refused {program}: {e:#}"))?;
         }
+        let pin = pins::link(self.lab, self.name, interface, side(direction));
+        if how == Install::Replace && self.mode == AttachMode::Tcx {
+            let link = FdLink::from(PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?);
+            let id = classifier
+                .attach_to_link(SchedClassifierLink::try_from(link)?)
+                .with_context(|| format!("replacing {program} on {interface}"))?;
+            // The pinned link now runs the new program; this descriptor of it may close.
+            drop(classifier.take_link(id)?);
+            return Ok(());
+        }
         let options = match self.mode {
-            AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
+            AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
+                priority: FILTER_PRIORITY,
+                handle: FILTER_HANDLE,
+                ..NlOptions::default()
+            }),
             AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
         };
         // aya resolves the interface and talks netlink in the calling thread's namespace.
         let link = netns::run_in(&self.netns, || -> Result<_> {
+            if how == Install::Replace {
+                let attached =
+                    SchedClassifierLink::attached(interface, direction, FILTER_PRIORITY, FILTER_HANDLE, None)
+                        .with_context(|| format!("finding {program} on {interface}"))?;
+                let id = classifier
+                    .attach_to_link(attached)
+                    .with_context(|| format!("replacing {program} on {interface}"))?;
+                return Ok(classifier.take_link(id)?);
+            }
             if self.mode == AttachMode::Netlink && direction == TcAttachType::Ingress {
                 // A pod whose programs were detached keeps its (empty) clsact qdisc.
                 match tc::qdisc_add_clsact(interface) {
@@ -223,8 +287,7 @@ impl Node<'_> {
             // Dropping the link would detach the filter; it stays as long as the interface.
             AttachMode::Netlink => std::mem::forget(link),
             AttachMode::Tcx => {
-                let path = pins::link(self.lab, self.name, interface, side(direction));
-                FdLink::try_from(link)?.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+                FdLink::try_from(link)?.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
             }
         }
         Ok(())

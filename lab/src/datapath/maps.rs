@@ -34,6 +34,9 @@ pub fn ipcache(plan: &Plan, node: usize, cidrs: &BTreeMap<Ipv4Net, u32>) -> BTre
         // tunnel endpoint, as in Cilium.
         let tunnel_endpoint = if i == node { 0 } else { ipv4(n.ip.addr()) };
         entries.insert(host(n.router_ip), IpcacheEntry { identity: id, tunnel_endpoint });
+        for uplink in &n.uplinks {
+            entries.insert(host(uplink.address.addr()), IpcacheEntry { identity: id, tunnel_endpoint: 0 });
+        }
     }
     for pod in &plan.pods {
         let tunnel_endpoint = if pod.node == node { 0 } else { ipv4(plan.nodes[pod.node].ip.addr()) };
@@ -46,10 +49,11 @@ pub fn ipcache(plan: &Plan, node: usize, cidrs: &BTreeMap<Ipv4Net, u32>) -> BTre
 }
 
 /// The endpoints of node `node` by address, with their enforcement flags (`flags` of an index
-/// into [`super::endpoints`]): its pods, and its host endpoint at each of the node's addresses.
+/// into [`super::endpoints`]): its managed pods, and its host endpoint at each of the node's
+/// addresses.
 pub fn endpoints(plan: &Plan, node: usize, flags: impl Fn(usize) -> u32) -> BTreeMap<Ipv4Addr, EndpointInfo> {
     let node_id = plan.nodes[node].id;
-    let pods = plan.pods.iter().enumerate().filter(|(_, pod)| pod.node == node).map(|(i, pod)| {
+    let pods = plan.pods.iter().enumerate().filter(|(_, pod)| pod.node == node && pod.managed).map(|(i, pod)| {
         let info = EndpointInfo {
             ifindex: pod.host_ifindex,
             endpoint_id: pod.endpoint_id,
@@ -66,8 +70,7 @@ pub fn endpoints(plan: &Plan, node: usize, flags: impl Fn(usize) -> u32) -> BTre
         identity: identity::HOST,
         flags: flags(super::host_endpoint(plan, node)) | abi::ENDPOINT_F_HOST,
     };
-    let addresses = [plan.nodes[node].ip.addr(), plan.nodes[node].router_ip];
-    pods.chain(addresses.map(|address| (address, host))).collect()
+    pods.chain(plan.nodes[node].addresses().into_iter().map(|address| (address, host))).collect()
 }
 
 pub(super) fn open(path: &std::path::Path) -> Result<MapData> {
@@ -104,8 +107,18 @@ pub fn fill_nodes(plan: &Plan, cidrs: &BTreeMap<Ipv4Net, u32>, flags: impl Fn(us
         }
         let mut endpoint_map: HashMap<MapData, EndpointKey, EndpointInfo> =
             HashMap::try_from(Map::HashMap(open(&pins::node_map(&plan.lab, &node.name, "lab_endpoints"))?))?;
-        for (ip, info) in endpoints(plan, i, &flags) {
-            endpoint_map.insert(EndpointKey { ip: ipv4(ip) }, info, 0).with_context(|| format!("endpoint {ip}"))?;
+        let wanted = endpoints(plan, i, &flags);
+        for (ip, info) in &wanted {
+            endpoint_map.insert(EndpointKey { ip: ipv4(*ip) }, *info, 0).with_context(|| format!("endpoint {ip}"))?;
+        }
+        // A removed pod's entry would still claim its address.
+        let stale: Vec<EndpointKey> = endpoint_map
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| !wanted.contains_key(&Ipv4Addr::from(key.ip.to_ne_bytes())))
+            .collect();
+        for key in stale {
+            endpoint_map.remove(&key).context("removing a stale endpoint")?;
         }
     }
     Ok(())
@@ -172,8 +185,12 @@ fn policy_entries(map: &LpmTrie<MapData, [u8; 8], PolicyEntry>) -> Result<BTreeM
 
 /// Makes the policy map of endpoint `endpoint` (see [`policy_pin`]) hold exactly `entries`: new
 /// and changed entries are written, entries no longer wanted removed, unchanged ones (and their
-/// counters) kept. Whether anything was written or removed.
+/// counters) kept. Whether anything was written or removed. An unmanaged pod has no policy map:
+/// nothing enforces its policy.
 pub fn sync_policy(plan: &Plan, endpoint: usize, entries: &BTreeMap<PolicyKey, PolicyEntry>) -> Result<bool> {
+    if plan.pods.get(endpoint).is_some_and(|pod| !pod.managed) {
+        return Ok(false);
+    }
     let mut map = policy_map(plan, endpoint)?;
     let present = policy_entries(&map)?;
     let mut changed = false;

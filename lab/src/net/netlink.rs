@@ -3,6 +3,7 @@
 //! A netlink socket stays in the namespace it was created in, so [`Netlink::connect_in`] creates
 //! it inside the target namespace and the requests can then be sent from any thread.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -11,6 +12,8 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use super::netns;
@@ -83,6 +86,36 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("setting interface {index} up"))
+    }
+
+    /// Whether the interface is operationally up (`IFF_RUNNING`): carrier on both ends and its
+    /// queue started, which the kernel does a moment after the interface is set up.
+    pub async fn is_running(&self, index: u32) -> Result<bool> {
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .with_context(|| format!("looking up interface {index}"))?
+            .with_context(|| format!("no interface {index}"))?;
+        Ok(link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Running))
+    }
+
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting interface {index} down"))
+    }
+
+    /// Removes an interface (both ends, for a veth).
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle.link().del(index).execute().await.with_context(|| format!("removing interface {index}"))
     }
 
     /// Creates a bridge, up, with a fixed index and MAC.
@@ -179,6 +212,69 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("adding route to {}", route.destination))
+    }
+
+    /// Makes the main table's `proto bgp` routes exactly `wanted` (each a /32 via a gateway on
+    /// `interface`): the addresses the lab announces, as a BGP speaker would install them.
+    pub async fn sync_announced(&self, interface: u32, wanted: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<()> {
+        let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let present: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(dump)
+            .execute()
+            .try_filter(|route| futures::future::ready(route.header.protocol == RouteProtocol::Bgp))
+            .try_collect()
+            .await
+            .context("listing routes")?;
+        for route in present {
+            let destination = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let gateway = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let kept = destination
+                .is_some_and(|d| route.header.destination_prefix_length == 32 && wanted.get(&d) == gateway.as_ref());
+            if !kept {
+                self.handle.route().del(route).execute().await.context("removing an announced route")?;
+            }
+        }
+        for (address, gateway) in wanted {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(*address, 32)
+                .output_interface(interface)
+                .gateway(*gateway)
+                .onlink()
+                .protocol(RouteProtocol::Bgp)
+                .build();
+            self.handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("announcing {address} via {gateway}"))?;
+        }
+        Ok(())
+    }
+
+    /// A static entry in the forwarding database of the bridge that `port` belongs to: frames
+    /// to `mac` go out of `port` only. With permanent ARP entries nobody's frames teach the
+    /// bridge where a MAC lives, so without this it would flood them to every port, and every
+    /// capture on the fabric would hold other hosts' traffic.
+    pub async fn add_fdb(&self, port: u32, mac: Mac) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(port, &mac.0)
+            .state(NeighbourState::Noarp)
+            .flags(NeighbourFlags::Controller)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding {mac} to the bridge's forwarding database on interface {port}"))
     }
 
     /// A permanent ARP entry, so no ARP traffic is ever needed (or captured).

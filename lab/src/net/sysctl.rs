@@ -20,3 +20,12 @@ pub fn disable_ipv6() -> io::Result<()> {
 pub fn allow_ping_sockets() -> io::Result<()> {
     write("net.ipv4.ping_group_range", "0 2147483647")
 }
+
+/// Turns reverse path filtering off for the namespace and every interface created in it later,
+/// as Cilium does on the devices it manages. A new namespace copies the host's settings, so
+/// without this a lab would filter on one host and not on another; a topology that wants it
+/// sets `rp_filter` itself (a node's `sysctls`).
+pub fn no_reverse_path_filter() -> io::Result<()> {
+    write("net.ipv4.conf.default.rp_filter", "0")?;
+    write("net.ipv4.conf.all.rp_filter", "0")
+}

@@ -119,7 +119,8 @@ fn bad_fields_are_named_and_unsupported_ones_warned_about() {
 
     let (plan, resources) = plan_and_resources(&WEB.replace("spec:\n", "spec:\n  type: LoadBalancer\n"));
     let services = Services::resolve(&plan, &resources).unwrap();
-    assert_eq!(services.warnings[0].field, "spec.type");
+    // No address given: the NodePorts are served, and a warning says why no more.
+    assert_eq!(services.warnings[0].field, "spec.loadBalancerIP");
     // NodePorts are served: derived in the range when not given, and checked when given.
     let node_ports: Vec<Option<u16>> = services.services[0].frontends.iter().map(|f| f.node_port).collect();
     assert!(node_ports.iter().all(|p| p.is_some_and(|p| NODE_PORTS.contains(&p))), "{node_ports:?}");
@@ -132,6 +133,9 @@ fn bad_fields_are_named_and_unsupported_ones_warned_about() {
     let local = WEB.replace("spec:\n", "spec:\n  externalTrafficPolicy: Nearby\n");
     let (plan, resources) = plan_and_resources(&local);
     assert_eq!(Services::resolve(&plan, &resources).unwrap_err()[0].field, "spec.externalTrafficPolicy");
+    let local = WEB.replace("spec:\n", "spec:\n  internalTrafficPolicy: Nearby\n");
+    let (plan, resources) = plan_and_resources(&local);
+    assert_eq!(Services::resolve(&plan, &resources).unwrap_err()[0].field, "spec.internalTrafficPolicy");
     let (plan, resources) = plan_and_resources(&WEB.replace("spec:\n", "spec:\n  sessionAffinity: ClientIP\n"));
     assert_eq!(Services::resolve(&plan, &resources).unwrap().services[0].affinity_seconds, Some(10_800));
 }
@@ -153,4 +157,80 @@ fn frontends_and_backends_keep_their_numbers_when_others_come_and_go() {
     let (old, new) = (before.backend_ids(), after.backend_ids());
     assert!(old.iter().all(|(k, id)| new[k] == *id), "{old:?} {new:?}");
     assert_eq!(new.len(), old.len() + 1, "the client is a backend of aaa");
+}
+
+#[test]
+fn load_balancer_addresses_and_external_ips_are_frontends_of_their_own() {
+    let lb = WEB.replace(
+        "spec:\n",
+        "spec:\n  type: LoadBalancer\n  loadBalancerIP: 192.0.2.80\n  externalIPs: [192.0.2.90, 192.0.2.80]\n",
+    ) + "\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.81}, {hostname: lb.example}]}}";
+    let (plan, resources) = plan_and_resources(&lb);
+    let services = Services::resolve(&plan, &resources).unwrap();
+    assert_eq!(services.warnings, Vec::new());
+    let web = &services.services[0];
+    let frontends: Vec<(FrontendKind, String, bool)> =
+        web.frontends.iter().map(|f| (f.kind, format!("{}:{}", f.address, f.port), f.node_port.is_some())).collect();
+    let cluster_ip = web.cluster_ip;
+    assert_eq!(
+        frontends,
+        vec![
+            (FrontendKind::ClusterIp, format!("{cluster_ip}:80"), true),
+            (FrontendKind::ClusterIp, format!("{cluster_ip}:81"), true),
+            // Each address once, though given twice.
+            (FrontendKind::LoadBalancer, "192.0.2.80:80".to_string(), false),
+            (FrontendKind::LoadBalancer, "192.0.2.81:80".to_string(), false),
+            (FrontendKind::ExternalIp, "192.0.2.90:80".to_string(), false),
+            (FrontendKind::LoadBalancer, "192.0.2.80:81".to_string(), false),
+            (FrontendKind::LoadBalancer, "192.0.2.81:81".to_string(), false),
+            (FrontendKind::ExternalIp, "192.0.2.90:81".to_string(), false),
+        ]
+    );
+    assert!(web.frontends.iter().all(|f| f.backends == web.frontends[0].backends || f.port == 81));
+    // Each has its own reverse NAT index, so replies come from the address the client used.
+    let ids: BTreeSet<u16> = services.frontends().map(|(id, _, _)| id).collect();
+    assert_eq!(ids.len(), 8);
+    // Cluster: the first node announces every address.
+    let announced: Vec<(Ipv4Addr, usize)> = services.announcements(&plan).into_iter().collect();
+    assert_eq!(announced.iter().map(|(_, node)| *node).collect::<Vec<_>>(), vec![0, 0, 0]);
+}
+
+#[test]
+fn local_addresses_are_announced_by_a_node_with_a_backend_or_none() {
+    let local = WEB.replace(
+        "spec:\n",
+        "spec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  loadBalancerIP: 192.0.2.80\n",
+    );
+    let (plan, resources) = plan_and_resources(&local);
+    let services = Services::resolve(&plan, &resources).unwrap();
+    // web-1 on node a serves port 80 (named port `http`), so a announces.
+    assert_eq!(services.announcements(&plan), BTreeMap::from([(Ipv4Addr::new(192, 0, 2, 80), 0)]));
+    let elsewhere = local.replace("selector: {app: web}", "selector: {app: nowhere}");
+    let (plan, resources) = plan_and_resources(&elsewhere);
+    let services = Services::resolve(&plan, &resources).unwrap();
+    assert_eq!(services.announcements(&plan), BTreeMap::new(), "no backend, no announcement");
+}
+
+#[test]
+fn outside_addresses_must_be_routable_and_claimed_once() {
+    let (plan, _) = plan_and_resources(WEB);
+    for (address, why) in [
+        (plan.pods[0].ip.to_string(), "a pod CIDR"),
+        (plan.nodes[1].ip.addr().to_string(), "the nodes' subnet"),
+        (plan.service_cidr.hosts().nth(5).unwrap().to_string(), "serviceCIDR"),
+        ("127.0.0.1".to_string(), "cannot be routed"),
+        ("web.example".to_string(), "not an IPv4 address"),
+    ] {
+        let (plan, resources) =
+            plan_and_resources(&WEB.replace("spec:\n", &format!("spec:\n  externalIPs: [{address}]\n")));
+        let errors = Services::resolve(&plan, &resources).unwrap_err();
+        assert_eq!(errors[0].field, "spec.externalIPs[0]", "{address}");
+        assert!(errors[0].message.contains(why), "{address}: {}", errors[0].message);
+    }
+    let other = WEB.replace("name: web}", "name: web-2}");
+    let both = format!("{WEB}\n---\n{other}").replace("spec:\n", "spec:\n  externalIPs: [192.0.2.90]\n");
+    let (plan, resources) = plan_and_resources(&both);
+    let errors = Services::resolve(&plan, &resources).unwrap_err();
+    assert_eq!(errors[0].field, "spec.ports[0].port");
+    assert!(errors[0].message.contains("already a frontend of Service default/web"), "{}", errors[0].message);
 }

@@ -121,10 +121,20 @@ pub fn load_str(file: &Path, text: &str) -> Result<Loaded, TopologyError> {
         }
     }
 
+    if let Some(scenario) = &topology.scenario {
+        for finding in super::scenario::check(&topology, &scenario.capture, &scenario.steps, "scenario.") {
+            let diagnostic = Diagnostic::new(file, &map, &finding.field, finding.message);
+            match finding.severity {
+                Severity::Error => errors.push(diagnostic),
+                Severity::Warning => warnings.push(diagnostic),
+            }
+        }
+    }
+
     let base = file.parent().unwrap_or(Path::new("."));
     let namespaces: Vec<&str> =
         topology.namespaces.iter().map(|n| n.name.as_str()).chain(std::iter::once("default")).collect();
-    let accept = resources::Accept { namespaces: Some(&namespaces), label_objects: false };
+    let accept = resources::Accept { namespaces: Some(&namespaces), label_objects: false, field: "resources" };
     let resources = match resources::load(file, &map, accept, base, &topology.resources) {
         Ok(resources) => resources,
         Err(mut diagnostics) => {
@@ -132,6 +142,15 @@ pub fn load_str(file: &Path, text: &str) -> Result<Loaded, TopologyError> {
             Vec::new()
         }
     };
+
+    // A step's objects are checked as the topology's are, where they are written.
+    for (i, step) in topology.scenario.iter().flat_map(|s| s.steps.iter().enumerate()) {
+        let field = format!("scenario.steps[{i}].apply");
+        let accept = resources::Accept { field: &field, ..accept };
+        if let Err(mut diagnostics) = resources::load(file, &map, accept, base, &step.apply) {
+            errors.append(&mut diagnostics);
+        }
+    }
 
     if errors.is_empty() {
         Ok(Loaded { file: file.to_path_buf(), topology, resources, warnings })

@@ -8,6 +8,7 @@
 pub mod load;
 pub mod port;
 pub mod resources;
+pub mod scenario;
 pub mod source;
 pub mod validate;
 
@@ -48,6 +49,10 @@ pub struct Topology {
     /// multi-document YAML, or objects written in place.
     #[serde(default)]
     pub resources: Vec<ResourceEntry>,
+    /// Ordered, named steps that change the running lab and send traffic through it with
+    /// expected outcomes; `lab test` runs them and compares each step with golden files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<scenario::Scenario>,
 }
 
 /// Cluster-wide settings.
@@ -241,6 +246,37 @@ pub struct Node {
     /// `net.*` sysctls set inside this node's namespace only, e.g. `net.ipv4.conf.all.rp_filter: 1`.
     #[serde(default)]
     pub sysctls: BTreeMap<String, Scalar>,
+    /// More interfaces on the fabric besides `eth0`, each in a subnet of its own (a second NIC,
+    /// or a cloud's secondary ENI). The datapath's uplink programs run on each, as Cilium's do on
+    /// every native device.
+    #[serde(default)]
+    pub uplinks: Vec<Uplink>,
+    /// Routes in the node's main table, each through one of its uplinks' gateways.
+    #[serde(default)]
+    pub routes: Vec<NodeRoute>,
+}
+
+/// A node's extra interface on the fabric.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Uplink {
+    /// The interface's name in the node (`eth1`); `<node>-<name>` names its fabric port, so
+    /// both together fit in 14 characters.
+    pub name: String,
+    /// Its address with the subnet's prefix length, `172.19.0.2/24`; the fabric routes for the
+    /// subnet from its last host address.
+    #[schemars(with = "String")]
+    pub address: Ipv4Net,
+}
+
+/// A route of a node: `to` a network, `via` one of its uplinks (`eth0` or an extra one), whose
+/// gateway on the fabric forwards it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeRoute {
+    #[schemars(with = "String")]
+    pub to: Ipv4Net,
+    pub via: String,
 }
 
 /// A Kubernetes namespace.
@@ -274,9 +310,17 @@ pub struct Pod {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub ip: Option<Ipv4Addr>,
+    /// `false`: the pod started before the datapath was attached to its node (Cilium's
+    /// unmanaged pods): its veth has no programs, so none of its policies are enforced, and
+    /// everyone else sees it as identity `unmanaged`, whatever its labels.
+    #[serde(default = "Pod::default_managed")]
+    pub managed: bool,
 }
 
 impl Pod {
+    fn default_managed() -> bool {
+        true
+    }
     fn default_namespace() -> String {
         "default".to_string()
     }

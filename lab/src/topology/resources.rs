@@ -74,6 +74,9 @@ pub struct Accept<'a> {
     pub namespaces: Option<&'a [&'a str]>,
     /// `v1 Pod` and `v1 Namespace` objects, whose labels `lab apply` sets.
     pub label_objects: bool,
+    /// The field of the entries in their file, for errors: `resources`, or a scenario step's
+    /// `scenario.steps[2].apply`.
+    pub field: &'a str,
 }
 
 /// Kinds that only carry labels for a running lab's pods and namespaces.
@@ -90,7 +93,7 @@ pub fn load(
     let mut errors = Vec::new();
     let mut documents = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        let field = format!("resources[{i}]");
+        let field = format!("{}[{i}]", accept.field);
         match entry {
             ResourceEntry::File(FileResources { file }) => {
                 let path = base.join(file);

@@ -30,13 +30,13 @@ pub struct Finding {
 }
 
 #[derive(Default)]
-struct Findings(Vec<Finding>);
+pub(crate) struct Findings(pub(crate) Vec<Finding>);
 
 impl Findings {
-    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Finding { severity: Severity::Error, field: field.into(), message: message.into() });
     }
-    fn warning(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn warning(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Finding { severity: Severity::Warning, field: field.into(), message: message.into() });
     }
 }
@@ -53,6 +53,7 @@ pub fn check(topology: &Topology) -> Vec<Finding> {
     check_namespaces(&mut findings, topology);
     check_pods(&mut findings, topology);
     check_externals(&mut findings, topology);
+    check_uplinks(&mut findings, topology);
     findings.0
 }
 
@@ -71,7 +72,7 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-fn check_name(findings: &mut Findings, field: &str, name: &str, what: &str, max: usize) {
+pub(crate) fn check_name(findings: &mut Findings, field: &str, name: &str, what: &str, max: usize) {
     if !is_dns_label(name) {
         findings.error(field, format!("`{name}` is not a valid {what}: use lowercase letters, digits and `-`"));
     } else if name.len() > max {
@@ -194,17 +195,21 @@ fn check_nodes(findings: &mut Findings, topology: &Topology) {
         }
         check_labels(findings, &format!("nodes[{i}].labels"), &node.labels);
         check_ports(findings, &format!("nodes[{i}].ports"), &node.ports);
-        for (key, value) in &node.sysctls {
-            let field = format!("nodes[{i}].sysctls.{key}");
-            let well_formed = key.split('.').all(|part| {
-                !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            });
-            if !key.starts_with("net.") || !well_formed {
-                findings
-                    .error(&field, format!("`{key}` is not a network sysctl; only `net.*` sysctls are per-namespace"));
-            } else if value.0.is_empty() || value.0.contains('\n') {
-                findings.error(&field, "a sysctl value must be a single line");
-            }
+        check_sysctls(findings, &format!("nodes[{i}].sysctls"), &node.sysctls);
+    }
+}
+
+/// Only `net.*` sysctls are per network namespace; anything else would change the host.
+pub(crate) fn check_sysctls(findings: &mut Findings, field: &str, sysctls: &BTreeMap<String, super::Scalar>) {
+    for (key, value) in sysctls {
+        let field = format!("{field}.{key}");
+        let well_formed = key
+            .split('.')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        if !key.starts_with("net.") || !well_formed {
+            findings.error(&field, format!("`{key}` is not a network sysctl; only `net.*` sysctls are per-namespace"));
+        } else if value.0.is_empty() || value.0.contains('\n') {
+            findings.error(&field, "a sysctl value must be a single line");
         }
     }
 }
@@ -266,7 +271,7 @@ fn check_namespaces(findings: &mut Findings, topology: &Topology) {
 }
 
 /// Kubernetes label syntax: an optional DNS-subdomain prefix and a name of at most 63 characters.
-fn check_labels(findings: &mut Findings, field: &str, labels: &BTreeMap<String, String>) {
+pub(crate) fn check_labels(findings: &mut Findings, field: &str, labels: &BTreeMap<String, String>) {
     let valid_name = |s: &str| {
         s.len() <= 63
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -347,6 +352,87 @@ fn check_ports(findings: &mut Findings, field: &str, ports: &[super::Port]) {
                 findings.error(format!("{field}[{i}].name"), format!("`{name}` is not a valid port name (IANA_SVC_NAME: at most 15 lowercase letters, digits and `-`)"));
             } else if !names.insert(name.as_str()) {
                 findings.error(format!("{field}[{i}].name"), format!("port name `{name}` is used twice"));
+            }
+        }
+    }
+}
+
+/// The most extra uplinks a node may have: their interface indices lie between the tunnel
+/// device's and the first pod's.
+const MAX_EXTRA_UPLINKS: usize = (plan::ifindex::FIRST_PORT - plan::ifindex::VXLAN - 1) as usize;
+
+fn check_uplinks(findings: &mut Findings, topology: &Topology) {
+    let cluster = &topology.cluster;
+    let taken: Vec<(String, Ipv4Net)> = [
+        ("nodeCIDR".to_string(), cluster.node_cidr),
+        ("the pod CIDR pool".to_string(), cluster.pod_cidr),
+        ("serviceCIDR".to_string(), cluster.service_cidr),
+    ]
+    .into_iter()
+    .chain(topology.nodes.iter().filter_map(|n| n.pod_cidr.map(|c| (format!("the pod CIDR of node `{}`", n.name), c))))
+    .chain(topology.externals.iter().map(|e| (format!("the subnet of external `{}`", e.name), e.address.0.trunc())))
+    .collect();
+    let mut addresses: HashMap<Ipv4Addr, String> = HashMap::new();
+    for (i, node) in topology.nodes.iter().enumerate() {
+        if node.uplinks.len() > MAX_EXTRA_UPLINKS {
+            findings.error(
+                format!("nodes[{i}].uplinks"),
+                format!("a node may have at most {MAX_EXTRA_UPLINKS} more uplinks"),
+            );
+        }
+        let mut names = HashSet::from([plan::UPLINK_NAME]);
+        for (k, uplink) in node.uplinks.iter().enumerate() {
+            let field = |f: &str| format!("nodes[{i}].uplinks[{k}].{f}");
+            check_name(findings, &field("name"), &uplink.name, "uplink name", MAX_IFNAME);
+            let port = format!("{}-{}", node.name, uplink.name);
+            if [plan::UPLINK_NAME, plan::VXLAN_NAME, "lo"].contains(&uplink.name.as_str()) {
+                findings.error(field("name"), format!("`{}` is an interface the lab makes in every node", uplink.name));
+            } else if !names.insert(uplink.name.as_str()) {
+                findings.error(field("name"), format!("node `{}` has two uplinks named `{}`", node.name, uplink.name));
+            } else if port.len() > MAX_IFNAME {
+                findings.error(
+                    field("name"),
+                    format!(
+                        "its fabric port `{port}` would be {} bytes long; Linux allows at most {MAX_IFNAME}: \
+                         choose a shorter name",
+                        port.len()
+                    ),
+                );
+            }
+            let (address, ip) = (uplink.address, uplink.address.addr());
+            if !(8..=30).contains(&address.prefix_len()) {
+                findings.error(field("address"), format!("/{} does not fit: use /8 to /30", address.prefix_len()));
+            } else if ip == address.network() || ip == address.broadcast() || ip == plan::external_gateway(&address) {
+                findings.error(
+                    field("address"),
+                    format!("{ip} is the network, broadcast or fabric's (last host) address of `{}`", address.trunc()),
+                );
+            } else if let Some((what, range)) = taken.iter().find(|(_, range)| overlaps(range, &address.trunc())) {
+                findings.error(field("address"), format!("`{}` overlaps {what} `{range}`", address.trunc()));
+            } else if let Some(owner) = addresses.insert(ip, node.name.clone()) {
+                findings.error(field("address"), format!("{ip} is already an uplink address of node `{owner}`"));
+            }
+        }
+        for (r, route) in node.routes.iter().enumerate() {
+            let field = |f: &str| format!("nodes[{i}].routes[{r}].{f}");
+            if route.to != route.to.trunc() {
+                findings.error(
+                    field("to"),
+                    format!("`{}` has host bits set; did you mean `{}`?", route.to, route.to.trunc()),
+                );
+            }
+            if !names.contains(route.via.as_str()) {
+                let mut known: Vec<&str> = names.iter().copied().collect();
+                known.sort_unstable();
+                findings.error(
+                    field("via"),
+                    format!(
+                        "node `{}` has no uplink `{}`; its uplinks are: {}",
+                        node.name,
+                        route.via,
+                        known.join(", ")
+                    ),
+                );
             }
         }
     }
