@@ -36,10 +36,11 @@ impl LoadReport {
     }
 }
 
-/// A load running on a thread of its own until [`Load::stop`].
+/// A load running on threads of its own until [`Load::stop`].
 pub struct Load {
     stop: Arc<AtomicBool>,
-    worker: JoinHandle<LoadReport>,
+    established: JoinHandle<(u64, u64)>,
+    fresh: JoinHandle<(u64, u64)>,
 }
 
 /// How long one exchange may take before it counts as failed: well above a first packet's
@@ -50,43 +51,53 @@ const TICK: Duration = Duration::from_millis(10);
 
 impl Load {
     /// Starts the load from `from` (a namespace) to `to`, an echo server: `rate` new connections
-    /// a second, and one connection kept open. Fails if the kept connection cannot be made.
+    /// a second, and one connection kept open, each on a thread of its own, so an exchange that
+    /// waits for a retransmission does not hold the new connections back. Fails if the kept
+    /// connection cannot be made.
     pub fn start(from: &File, to: SocketAddrV4, rate: u32) -> Result<Load> {
-        let established = connect(from, to).with_context(|| format!("opening the established connection to {to}"))?;
+        let mut kept = connect(from, to).with_context(|| format!("opening the established connection to {to}"))?;
         let from = from.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let every = Duration::from_secs(1) / rate.max(1);
-        let worker = std::thread::spawn(move || {
-            let mut report = LoadReport::default();
-            let mut established = Some(established);
-            let mut next_connection = Instant::now();
+        // (tries, failures) on the kept connection; after a failure it is gone, and every later
+        // tick counts as failed too.
+        let established = std::thread::spawn(move || {
+            let (mut exchanges, mut failed, mut alive) = (0, 0, true);
             while !stopped.load(Ordering::Relaxed) {
                 let tick = Instant::now();
-                report.exchanges += 1;
-                if established.as_mut().is_none_or(|stream| exchange(stream, report.exchanges).is_err()) {
-                    report.failed_exchanges += 1;
-                    established = None;
-                }
-                if tick >= next_connection {
-                    report.new_connections += 1;
-                    let fresh = connect(&from, to).and_then(|mut stream| exchange(&mut stream, 0));
-                    if fresh.is_err() {
-                        report.failed_connections += 1;
-                    }
-                    next_connection += every;
+                exchanges += 1;
+                alive = alive && exchange(&mut kept, exchanges).is_ok();
+                if !alive {
+                    failed += 1;
                 }
                 std::thread::sleep(TICK.saturating_sub(tick.elapsed()));
             }
-            report
+            (exchanges, failed)
         });
-        Ok(Load { stop, worker })
+        let stopped = stop.clone();
+        let every = Duration::from_secs(1) / rate.max(1);
+        let fresh = std::thread::spawn(move || {
+            let (mut tries, mut failed) = (0, 0);
+            let mut next = Instant::now();
+            while !stopped.load(Ordering::Relaxed) {
+                tries += 1;
+                if connect(&from, to).and_then(|mut stream| exchange(&mut stream, 0)).is_err() {
+                    failed += 1;
+                }
+                next += every;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            (tries, failed)
+        });
+        Ok(Load { stop, established, fresh })
     }
 
     /// Stops the load and reports what it saw.
     pub fn stop(self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
-        self.worker.join().expect("the load's thread does not panic")
+        let (exchanges, failed_exchanges) = self.established.join().expect("the load's threads do not panic");
+        let (new_connections, failed_connections) = self.fresh.join().expect("the load's threads do not panic");
+        LoadReport { new_connections, failed_connections, exchanges, failed_exchanges }
     }
 }
 
