@@ -38,6 +38,8 @@ const PORT_BLOCKS: u16 = (capture::EPHEMERAL_PORTS - FIRST_PROBE_PORT) / 100;
 /// How long a probe waits for an answer by default: under TCP's first retransmission (1 s), so
 /// captures never hold a retransmitted SYN.
 pub const PROBE_WAIT: Duration = Duration::from_millis(800);
+/// The longest a default wait is stretched to: still under the first retransmission.
+const PROBE_WAIT_LIMIT: Duration = Duration::from_millis(950);
 /// A matrix probe's wait, as the conformance suite has always used.
 const MATRIX_WAIT: Duration = Duration::from_millis(500);
 /// A matrix probe's second chance, after no answer and no drop.
@@ -382,7 +384,12 @@ impl Runner {
     ) -> Result<String> {
         let wait =
             probe.timeout.as_deref().map(crate::cmd::probe::parse_duration).transpose().map_err(|e| anyhow!(e))?;
-        let wait = probe::scaled(wait.unwrap_or(PROBE_WAIT));
+        // Stretched under emulation (LAB_TIME_SCALE), but a default wait never reaches TCP's
+        // first retransmission, or captures there would hold SYNs that real hardware never sends.
+        let wait = match wait {
+            Some(wait) => probe::scaled(wait),
+            None => probe::scaled(PROBE_WAIT).min(PROBE_WAIT_LIMIT),
+        };
         let watch = self.has_datapath();
         if let Some(name) = &probe.connection {
             let kept = self.kept.remove(name).with_context(|| format!("no connection `{name}` is open"))?;
