@@ -96,7 +96,7 @@ pub struct Runner {
 
 /// How long [`Restart::Reattach`] leaves the pods without programs: long enough for a steady
 /// load to notice, as a real teardown-first upgrade would be.
-const REATTACH_GAP: Duration = Duration::from_millis(250);
+const REATTACH_GAP: Duration = Duration::from_secs(1);
 
 /// The first port of each step's block.
 fn port_blocks(steps: &[Step]) -> Vec<u16> {

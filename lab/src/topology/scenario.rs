@@ -204,7 +204,7 @@ pub enum Restart {
     Agent,
     /// Only the datapath's programs are loaded again and replaced, as a datapath upgrade.
     Datapath,
-    /// The pods' programs are taken off, then loaded and attached again a quarter of a second
+    /// The pods' programs are taken off, then loaded and attached again a second
     /// later, as an upgrade that tears down before it sets up: in between, pods' packets cross
     /// bare veths, neither load balanced nor checked.
     Reattach,
