@@ -44,7 +44,10 @@ pub async fn build(plan: &Plan, progress: &ProgressBar) -> Result<()> {
     for address in &plan.fabric.addresses {
         fabric.add_address(ifindex::BRIDGE, *address).await?;
     }
-    netns::run_in(ns(&plan.fabric.netns), || sysctl::write("net.ipv4.ip_forward", "1"))??;
+    netns::run_in(ns(&plan.fabric.netns), || {
+        sysctl::write("net.ipv4.ip_forward", "1")?;
+        sysctl::no_icmp_redirects()
+    })??;
     // Externals reply to pods directly, so the fabric routes every pod CIDR to its node, as a
     // cloud network's route table does.
     for node in &plan.nodes {

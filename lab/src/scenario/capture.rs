@@ -3,15 +3,17 @@
 //! endian on every host) and rendered one line a packet for golden files. What the kernel does
 //! not fix is left out of the rendering or made relative, as packetdrill does: TCP sequence
 //! numbers count from each direction's first one, IP IDs, checksums and windows are not shown,
-//! ports from the kernel's ephemeral range (and ICMP echo identifiers not the lab's) are
+//! ports from the kernel's ephemeral range (and ICMP echo identifiers not the step's probes') are
 //! renumbered in order of appearance. Left out: pure ACKs (no data, no SYN, FIN or RST), whose
-//! number and timing follow delayed-ACK timers, and what the kernel sends when it pleases or as a
-//! rate limit allows: IGMP reports and ICMP redirects.
+//! number and timing follow delayed-ACK timers; what the kernel sends when it pleases or as a
+//! rate limit allows: IGMP reports and ICMP redirects; and retransmissions (a frame rendered the
+//! same as an earlier one), as how many of them fall inside a step follows the machine's speed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -140,7 +142,11 @@ pub const EPHEMERAL_PORTS: u16 = 32768;
 /// Ephemeral ports renumbered in order of appearance: the first seen becomes 32768, the next
 /// 32769, ...
 #[derive(Debug, Default)]
-pub struct PortNumbers(HashMap<u16, u16>);
+pub struct PortNumbers {
+    renumbered: HashMap<u16, u16>,
+    /// The client ports of the step's own probes, which are their echo identifiers too.
+    probe_ids: Range<u16>,
+}
 
 impl PortNumbers {
     pub fn fixed(&mut self, port: u16) -> u16 {
@@ -150,26 +156,32 @@ impl PortNumbers {
         self.renumbered(port)
     }
 
-    /// An ICMP echo identifier: the client port of the lab's own probes, or chosen at random (by
-    /// `ping`, for one) and renumbered as an ephemeral port.
+    /// An ICMP echo identifier: the client port of one of the step's probes, or the kernel's
+    /// choice (for `ping`, say: the next of a counter shared by every namespace, so any value)
+    /// renumbered as an ephemeral port.
     pub fn echo_id(&mut self, id: u16) -> u16 {
-        if (crate::scenario::FIRST_PROBE_PORT..EPHEMERAL_PORTS).contains(&id) { id } else { self.renumbered(id) }
+        if self.probe_ids.contains(&id) { id } else { self.renumbered(id) }
     }
 
     fn renumbered(&mut self, value: u16) -> u16 {
-        let next = EPHEMERAL_PORTS + self.0.len() as u16;
-        *self.0.entry(value).or_insert(next)
+        let next = EPHEMERAL_PORTS + self.renumbered.len() as u16;
+        *self.renumbered.entry(value).or_insert(next)
     }
 }
 
-/// One line a packet; see the module's documentation for what is normalised.
-pub fn render(frames: &[Frame]) -> String {
+/// One line a packet; see the module's documentation for what is normalised. `probe_ports` are
+/// the client ports of the step's probes.
+pub fn render(frames: &[Frame], probe_ports: Range<u16>) -> String {
     let mut out = String::new();
     let mut bases: HashMap<(Ipv4Addr, u16, Ipv4Addr, u16), u32> = HashMap::new();
-    let mut ports = PortNumbers::default();
+    let mut ports = PortNumbers { probe_ids: probe_ports, ..PortNumbers::default() };
+    let mut seen = HashSet::new();
     let mut number = 0;
     for frame in frames {
         let Some(line) = render_frame(frame, &mut bases, &mut ports) else { continue };
+        if !seen.insert((frame.outgoing, line.clone())) {
+            continue;
+        }
         number += 1;
         out.push_str(&format!("{number} {} {line}\n", if frame.outgoing { "out" } else { "in" }));
     }
@@ -301,7 +313,7 @@ mod tests {
             tcp(1001, Some(5001), false, b"", true), // pure ACK
             tcp(1001, Some(5001), false, b"hello", true),
         ];
-        let text = render(&frames);
+        let text = render(&frames, 20000..20001);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(
@@ -316,11 +328,39 @@ mod tests {
     }
 
     #[test]
+    fn retransmissions_are_left_out() {
+        let frames = vec![
+            tcp(1000, None, true, b"", true),
+            tcp(5000, Some(1001), true, b"", false),
+            tcp(5000, Some(1001), true, b"", false), // the SYN-ACK again, its timer run out
+            tcp(1001, Some(5001), false, b"hello", true),
+            tcp(1001, Some(5001), false, b"hello", true),
+            tcp(1006, Some(5001), false, b"hello", true), // new data, the same bytes
+        ];
+        let text = render(&frames, 20000..20001);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[1].starts_with("2 in") && lines[1].contains("[S.] seq 0 ack 1 len 0"), "{text}");
+        assert!(lines[2].starts_with("3 out") && lines[2].contains("seq 1 ack 1 len 5"), "{text}");
+        assert!(lines[3].starts_with("4 out") && lines[3].contains("seq 6 ack 1 len 5"), "{text}");
+    }
+
+    #[test]
     fn ephemeral_ports_are_renumbered_in_order() {
         let mut ports = PortNumbers::default();
         assert_eq!(
             (ports.fixed(80), ports.fixed(51234), ports.fixed(40000), ports.fixed(51234)),
             (80, 32768, 32769, 32768)
+        );
+    }
+
+    #[test]
+    fn echo_identifiers_are_kept_only_for_the_step_s_probes() {
+        let mut ports = PortNumbers { probe_ids: 20100..20102, ..PortNumbers::default() };
+        assert_eq!(
+            (ports.echo_id(20101), ports.echo_id(23907), ports.echo_id(20102), ports.echo_id(23907)),
+            (20101, 32768, 32769, 32768),
+            "a `ping` whose identifier falls among the lab's ports is renumbered all the same"
         );
     }
 

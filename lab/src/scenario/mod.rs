@@ -189,9 +189,10 @@ impl Runner {
         let plan = self.plan()?;
         let mut step_flows = Vec::new();
         let mut load_drops = 0;
-        for (j, probe) in step.probes.iter().enumerate() {
+        let first_port = self.blocks.get(index).copied().unwrap_or(FIRST_PROBE_PORT);
+        let probe_ports = first_port..first_port + step.probes.len() as u16;
+        for (port, probe) in probe_ports.clone().zip(&step.probes) {
             let label = probe_label(probe);
-            let port = self.blocks.get(index).copied().unwrap_or(FIRST_PROBE_PORT) + j as u16;
             let outcome = self.probe(&plan, probe, port, &mut tail, &mut step_flows)?;
             report.probes += 1;
             verdicts.push_str(&format!("probe {label}: {outcome}\n"));
@@ -287,7 +288,7 @@ impl Runner {
                 })
                 .collect();
             report.pcaps.insert(format!("{name}.pcap"), capture::pcap(&frames));
-            let text = capture::render(&frames);
+            let text = capture::render(&frames, probe_ports.clone());
             if !text.is_empty() {
                 report.outputs.insert(format!("{name}.txt"), text);
             }
