@@ -223,7 +223,11 @@ pub fn ip_scripts(plan: &Plan) -> Result<(String, String)> {
     for address in &fabric.addresses {
         writeln!(up, "ip -n {fabric_ns} addr add {address} dev {bridge}")?;
     }
-    writeln!(up, "ip netns exec {fabric_ns} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.default.send_redirects=0 net.ipv4.conf.all.send_redirects=0")?;
+    writeln!(
+        up,
+        "ip netns exec {fabric_ns} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 \
+         net.ipv4.conf.{bridge}.send_redirects=0"
+    )?;
     for node in &plan.nodes {
         writeln!(up, "ip -n {fabric_ns} route replace {} via {} dev {bridge} onlink", node.pod_cidr, node.ip.addr())?;
         writeln!(

@@ -80,6 +80,30 @@ pub fn scaled(wait: Duration) -> Duration {
     }
 }
 
+/// Runs `probe` with the calling thread held on the CPU it is on, so a TCP probe's packets join
+/// the kernel's per-CPU queues in the order they were sent. The handshake's last ACK leaves from
+/// the softirq that took the SYN-ACK, on the CPU that sent the SYN; had the thread moved to
+/// another CPU by the time it writes, its data could be delivered ahead of that ACK, and the
+/// flow log (a trace when a connection shows new TCP flags, as Cilium's aggregation does) would
+/// report the data instead of the ACK. Unpinned where the affinity cannot be set.
+pub fn on_this_cpu<T>(probe: impl FnOnce() -> T) -> T {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let this_thread = Pid::from_raw(0);
+    // SAFETY: sched_getcpu has no preconditions; it returns -1 on error.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let pinned = sched_getaffinity(this_thread).ok().filter(|_| cpu >= 0).and_then(|before| {
+        let mut one = CpuSet::new();
+        one.set(cpu as usize).ok()?;
+        sched_setaffinity(this_thread, &one).ok().map(|()| before)
+    });
+    let result = probe();
+    if let Some(before) = pinned {
+        let _ = sched_setaffinity(this_thread, &before);
+    }
+    result
+}
+
 /// Sends one probe from the namespace `from` to `to`.
 pub async fn probe(from: &File, to: Ipv4Addr, kind: Kind, wait: Duration) -> Outcome {
     let attempt = Attempt { from, to, what: What::Echo(kind), source_port: 0, keep: false };
@@ -237,6 +261,10 @@ pub async fn exchange(stream: &mut tokio::net::TcpStream) -> io::Result<()> {
     stream.write_all(PAYLOAD).await?;
     let mut echo = [0u8; PAYLOAD.len()];
     stream.read_exact(&mut echo).await?;
+    // The kernel may hold back its ACK of the echo for up to 200 ms, hoping to ride on data; on
+    // a kept connection it would then leave in the next step, after that step's changes, and
+    // be the packet they act on. Asking for quick ACKs sends a held-back one now.
+    socket2::SockRef::from(&*stream).set_tcp_quickack(true)?;
     if echo != PAYLOAD { Err(mismatch()) } else { Ok(()) }
 }
 
@@ -280,4 +308,32 @@ pub fn render_matrix(names: &[String], table: &[Vec<char>]) -> String {
         out.push_str(&format!("{name}\t{}\n", cells.join("\t")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sched::sched_getaffinity;
+    use nix::unistd::Pid;
+
+    fn allowed_cpus() -> Vec<usize> {
+        let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        (0..nix::sched::CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_probe_runs_on_one_cpu_and_the_thread_is_free_again_after() {
+        std::thread::spawn(|| {
+            let before = allowed_cpus();
+            let during = on_this_cpu(|| {
+                // SAFETY: no preconditions.
+                let cpu = unsafe { libc::sched_getcpu() } as usize;
+                (allowed_cpus(), cpu)
+            });
+            assert_eq!(during.0, vec![during.1], "held on the CPU it was on");
+            assert_eq!(allowed_cpus(), before);
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -40,14 +40,14 @@ pub async fn build(plan: &Plan, progress: &ProgressBar) -> Result<()> {
     progress.set_message("fabric");
     let fabric = Netlink::connect_in(ns(&plan.fabric.netns))?;
     fabric.set_up(LOOPBACK).await?;
-    fabric.add_bridge(&plan.fabric.bridge, ifindex::BRIDGE, plan.fabric.bridge_mac).await?;
-    for address in &plan.fabric.addresses {
-        fabric.add_address(ifindex::BRIDGE, *address).await?;
-    }
     netns::run_in(ns(&plan.fabric.netns), || {
         sysctl::write("net.ipv4.ip_forward", "1")?;
         sysctl::no_icmp_redirects()
     })??;
+    fabric.add_bridge(&plan.fabric.bridge, ifindex::BRIDGE, plan.fabric.bridge_mac).await?;
+    for address in &plan.fabric.addresses {
+        fabric.add_address(ifindex::BRIDGE, *address).await?;
+    }
     // Externals reply to pods directly, so the fabric routes every pod CIDR to its node, as a
     // cloud network's route table does.
     for node in &plan.nodes {

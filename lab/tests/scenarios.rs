@@ -1,6 +1,6 @@
 //! `lab test`: a changed policy fails with a diff naming step, probe and verdict, and `--update`
 //! rewrites exactly the goldens it affects (refused under CI); an agent restart keeps an
-//! established connection; the JUnit report validates against the JUnit schema; a wrong
+//! established connection, and a kept connection's ACKs stay in their step; the JUnit report validates against the JUnit schema; a wrong
 //! expectation fails naming its probe and leaves no lab behind. Every run is on copies in a
 //! temporary folder.
 
@@ -177,6 +177,69 @@ fn an_agent_restart_keeps_an_established_connection() {
     // And the same again against those goldens.
     let again = lab_test(dir.path(), &["restart.yaml"], &[]);
     assert!(again.status.success(), "{}", text(&again));
+}
+
+const KEPT: &str = "\
+name: kept
+nodes: [{name: node-a}]
+pods:
+  - {name: client, node: node-a}
+  - {name: server, node: node-a, ports: [tcp/80]}
+scenario:
+  capture: [client]
+  steps:
+    - name: open
+      probes:
+        - {from: client, to: server, port: tcp/80, keep: long}
+    - name: more data
+      probes:
+        - {name: more data, connection: long}
+    - name: the last data
+      probes:
+        - {name: the last data, connection: long, close: true}
+";
+
+/// The client's TCP segments of a step's pcap, as (outgoing, flags "SFRPA" or "-", payload).
+fn client_segments(pcap: &Path) -> Vec<(bool, String, usize)> {
+    let mut reader = pcap_file::pcap::PcapReader::new(std::fs::File::open(pcap).unwrap()).unwrap();
+    let mut segments = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.unwrap();
+        let Ok(sliced) = etherparse::SlicedPacket::from_ethernet(&packet.data) else { continue };
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(tcp))) =
+            (&sliced.net, &sliced.transport)
+        else {
+            continue;
+        };
+        let flags: String = [(tcp.syn(), 'S'), (tcp.fin(), 'F'), (tcp.rst(), 'R'), (tcp.psh(), 'P'), (tcp.ack(), 'A')]
+            .iter()
+            .filter_map(|(set, c)| set.then_some(*c))
+            .collect();
+        // The client's address is the pod's, from the first pod CIDR.
+        let outgoing = ip.header().source_addr().octets()[..3] == [10, 0, 0] && tcp.destination_port() == 80;
+        segments.push((outgoing, flags, tcp.payload().len()));
+    }
+    segments
+}
+
+/// The lab holds no ACK back on a kept connection: each step's capture ends with the client's
+/// acknowledgement of the echo, and the next step starts with the client's data, not with an
+/// ACK left over from the step before (which that step's changes would act on).
+#[test]
+fn a_kept_connection_acknowledges_each_echo_within_its_step() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kept.yaml"), KEPT).unwrap();
+    std::fs::create_dir(dir.path().join("golden")).unwrap();
+    let out = lab_test(dir.path(), &["kept.yaml", "--update"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pcaps = dir.path().join("target/lab-test/kept");
+    let open = client_segments(&pcaps.join("open/client.eth0.pcap"));
+    assert_eq!(open.last(), Some(&(true, "A".to_string(), 0)), "the echo acknowledged in its step: {open:?}");
+    let more = client_segments(&pcaps.join("more-data/client.eth0.pcap"));
+    assert_eq!(more.first(), Some(&(true, "PA".to_string(), 10)), "the step starts with data: {more:?}");
+    assert_eq!(more.last(), Some(&(true, "A".to_string(), 0)), "the echo acknowledged in its step: {more:?}");
+    let last = client_segments(&pcaps.join("the-last-data/client.eth0.pcap"));
+    assert_eq!(last.first(), Some(&(true, "PA".to_string(), 10)), "the step starts with data: {last:?}");
 }
 
 const WRONG: &str = "\

@@ -1,6 +1,6 @@
 //! Topology features the field-bug library stands on, on real traffic: extra uplinks with their
-//! own routes (topologies/datapath/extra-uplink.yaml), and node sysctls that change what the
-//! kernel does with the lab's packets (`rp_filter`).
+//! own routes (topologies/datapath/extra-uplink.yaml), node sysctls that change what the kernel
+//! does with the lab's packets (`rp_filter`), and a fabric that sends no ICMP redirects.
 
 mod common;
 
@@ -52,13 +52,20 @@ fn client_reaches_web(plan: &Plan) -> bool {
     netns::run_in(&client, || TcpStream::connect_timeout(&target, Duration::from_secs(1))).unwrap().is_ok()
 }
 
-/// `IPReversePathFilter` of the namespace: packets the kernel dropped by reverse path filtering.
-fn reverse_path_drops(netns: &std::fs::File) -> u64 {
+/// One of the kernel's counters in the namespace: `name` on the lines starting with `group` of
+/// `/proc/net/<file>` (a line of names, then a line of values).
+fn kernel_counter(netns: &std::fs::File, file: &str, group: &str, name: &str) -> u64 {
     // thread-self: /proc/self/net would show the namespace of the process's first thread.
-    let text = netns::run_in(netns, || std::fs::read_to_string("/proc/thread-self/net/netstat")).unwrap().unwrap();
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let path = format!("/proc/thread-self/net/{file}");
+    let text = netns::run_in(netns, || std::fs::read_to_string(&path)).unwrap().unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(group)).collect();
     let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
-    names.zip(values).find(|(name, _)| *name == "IPReversePathFilter").map(|(_, v)| v.parse().unwrap()).unwrap()
+    names.zip(values).find(|(n, _)| *n == name).map(|(_, v)| v.parse().unwrap()).unwrap()
+}
+
+/// Packets the kernel dropped by reverse path filtering in the namespace.
+fn reverse_path_drops(netns: &std::fs::File) -> u64 {
+    kernel_counter(netns, "netstat", "TcpExt:", "IPReversePathFilter")
 }
 
 #[test]
@@ -84,6 +91,10 @@ fn an_extra_uplink_carries_its_routes_and_the_datapath() {
     assert!(on_eth0_requests.is_empty(), "no request left by eth0: {on_eth0_requests:?}");
     assert!(!tcp_sources(&answers_on_eth0, node_a.ip.addr()).is_empty(), "the answer came back on eth0");
     assert_eq!(reverse_path_drops(&node_netns), 0);
+    // web's answers came in and went out on the fabric's bridge; a router that sent web an ICMP
+    // redirect to node-a would change what web's captures hold from one machine to another.
+    let fabric = netns::open(&plan.fabric.netns).unwrap();
+    assert_eq!(kernel_counter(&fabric, "snmp", "Icmp:", "OutRedirects"), 0, "ICMP redirects the fabric sent");
 }
 
 /// The same asymmetric path with strict reverse path filtering in node-a: the answers arrive on

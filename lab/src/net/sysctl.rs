@@ -33,7 +33,9 @@ pub fn no_reverse_path_filter() -> io::Result<()> {
 /// Stops the namespace sending ICMP redirects, as a cloud network's router does not. The fabric
 /// routes between subnets that share one bridge, so the kernel would tell the externals to go
 /// around it, as its rate limit allows; an external that took the hint would then ARP for the
-/// node itself, and what a capture holds would follow the machine's speed.
+/// node itself, and what a capture holds would follow the machine's speed. Call it before the
+/// namespace's interfaces are made: the kernel sends redirects where `all` or the interface's
+/// own setting (copied from `default` when it is made) allows them.
 pub fn no_icmp_redirects() -> io::Result<()> {
     write("net.ipv4.conf.default.send_redirects", "0")?;
     write("net.ipv4.conf.all.send_redirects", "0")

@@ -396,8 +396,9 @@ impl Runner {
             let kept = self.kept.remove(name).with_context(|| format!("no connection `{name}` is open"))?;
             let (client_port, close) = (kept.port, probe.close);
             let window = seen.len();
-            let (outcome, stream) =
-                self.runtime.block_on(watch_drops(watch, tail, seen, 6, client_port, wait, async move {
+            let runtime = &self.runtime;
+            let (outcome, stream) = probe::on_this_cpu(|| {
+                runtime.block_on(watch_drops(watch, tail, seen, 6, client_port, wait, async move {
                     let mut stream = kept.stream;
                     // Should the exchange fail or be cut short, the connection ends with one RST,
                     // not a FIN behind unanswered data that the kernel would retransmit into later
@@ -416,7 +417,8 @@ impl Runner {
                             (probe::outcome_of(e), None)
                         }
                     }
-                }));
+                }))
+            });
             if let Some(stream) = stream {
                 self.kept.insert(name.clone(), Kept { stream, port: client_port });
             }
@@ -437,8 +439,9 @@ impl Runner {
         let keep = probe.keep.is_some();
         let window = seen.len();
         let attempt = Attempt { from: &from_file, to: destination, what, source_port: port, keep };
-        let (outcome, stream) =
-            self.runtime.block_on(watch_drops(watch, tail, seen, protocol, port, wait, attempt.run(|_| {})));
+        let (outcome, stream) = probe::on_this_cpu(|| {
+            self.runtime.block_on(watch_drops(watch, tail, seen, protocol, port, wait, attempt.run(|_| {})))
+        });
         if let (Some(name), Some(stream)) = (&probe.keep, stream) {
             self.kept.insert(name.clone(), Kept { stream, port });
         }
