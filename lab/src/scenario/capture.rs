@@ -1,13 +1,14 @@
 //! Packets of chosen interfaces during a step: taken with a packet socket inside the interface's
 //! namespace, kept as a pcap (synthetic timestamps: the packet's index in microseconds; little
-//! endian on every host) and rendered one line a packet for golden files. What the kernel does
-//! not fix is left out of the rendering or made relative, as packetdrill does: TCP sequence
-//! numbers count from each direction's first one, IP IDs, checksums and windows are not shown,
-//! ports from the kernel's ephemeral range (and ICMP echo identifiers not the step's probes') are
-//! renumbered in order of appearance. Left out: pure ACKs (no data, no SYN, FIN or RST), whose
-//! number and timing follow delayed-ACK timers; what the kernel sends when it pleases or as a
-//! rate limit allows: IGMP reports and ICMP redirects; and retransmissions (a frame rendered the
-//! same as an earlier one), as how many of them fall inside a step follows the machine's speed.
+//! endian on every host) and rendered one line a packet for golden files. What the kernel does not
+//! fix is left out of the rendering or made relative, as packetdrill does: TCP sequence numbers
+//! count from each direction's SYN (or first segment seen), IP IDs, checksums and windows are not
+//! shown, ports from the kernel's ephemeral range (and ICMP echo identifiers not the step's
+//! probes') are renumbered in order of appearance. Left out: pure ACKs (no data, no SYN, FIN or
+//! RST), whose number and timing follow delayed-ACK timers; what the kernel sends when it pleases
+//! or as a rate limit allows: IGMP reports and ICMP redirects; and retransmissions (a frame
+//! rendered the same as an earlier one), as how many of them fall inside a step follows the
+//! machine's speed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -221,7 +222,12 @@ fn render_frame(
             }
             let (sport, dport) = (ports.fixed(tcp.source_port()), ports.fixed(tcp.destination_port()));
             let key = (source, tcp.source_port(), destination, tcp.destination_port());
-            let base = *bases.entry(key).or_insert(tcp.sequence_number());
+            // A SYN starts the sequence space afresh: a connection that the peer reset and the
+            // client's retransmitted SYN opened again counts from 0 like the first.
+            let base = match syn {
+                true => *bases.entry(key).insert_entry(tcp.sequence_number()).get(),
+                false => *bases.entry(key).or_insert(tcp.sequence_number()),
+            };
             let reverse = (destination, tcp.destination_port(), source, tcp.source_port());
             let mut flags = String::new();
             for (set, c) in [(syn, 'S'), (fin, 'F'), (rst, 'R'), (psh, 'P'), (ack, '.')] {
@@ -234,7 +240,10 @@ fn render_frame(
                 tcp.sequence_number().wrapping_sub(base)
             );
             if ack {
-                let peer = *bases.entry(reverse).or_insert(tcp.acknowledgment_number().wrapping_sub(u32::from(syn)));
+                let peer = match syn {
+                    true => *bases.entry(reverse).insert_entry(tcp.acknowledgment_number().wrapping_sub(1)).get(),
+                    false => *bases.entry(reverse).or_insert(tcp.acknowledgment_number()),
+                };
                 detail.push_str(&format!(" ack {}", tcp.acknowledgment_number().wrapping_sub(peer)));
             }
             detail.push_str(&format!(" len {payload}"));
@@ -343,6 +352,18 @@ mod tests {
         assert!(lines[1].starts_with("2 in") && lines[1].contains("[S.] seq 0 ack 1 len 0"), "{text}");
         assert!(lines[2].starts_with("3 out") && lines[2].contains("seq 1 ack 1 len 5"), "{text}");
         assert!(lines[3].starts_with("4 out") && lines[3].contains("seq 6 ack 1 len 5"), "{text}");
+    }
+
+    #[test]
+    fn a_connection_opened_again_counts_from_its_new_syn() {
+        let frames = vec![
+            tcp(1000, None, true, b"", true),
+            tcp(5000, Some(1001), true, b"", false),
+            tcp(1000, None, true, b"", true), // the SYN retransmitted: the SYN-ACK went elsewhere
+            tcp(9000, Some(1001), true, b"", false), // the server's new SYN-ACK, a new ISN
+        ];
+        let text = render(&frames, 20000..20001);
+        assert_eq!(text.lines().count(), 2, "the second opening renders as the first:\n{text}");
     }
 
     #[test]
