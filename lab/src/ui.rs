@@ -16,11 +16,20 @@ pub fn paint(text: &str, code: &str) -> String {
 }
 
 pub fn error(message: impl std::fmt::Display) {
-    eprintln!("{} {message}", paint("error:", "1;31"));
+    say(&paint("error:", "1;31"), message);
 }
 
 pub fn warning(message: impl std::fmt::Display) {
-    eprintln!("{} {message}", paint("warning:", "1;33"));
+    say(&paint("warning:", "1;33"), message);
+}
+
+/// One line on stderr in one write: `eprintln!` writes it piece by piece, and a line another
+/// thread prints on stdout meanwhile (`lab test --jobs`) could land inside it when both go to
+/// one file (`2>&1`), where the kernel matrix reads them.
+fn say(label: &str, message: impl std::fmt::Display) {
+    use std::io::Write;
+    let line = format!("{label} {message}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 pub fn paint_ok(text: &str) -> String {
