@@ -38,7 +38,8 @@ const PORT_BLOCKS: u16 = (capture::EPHEMERAL_PORTS - FIRST_PROBE_PORT) / 100;
 /// How long a probe waits for an answer by default: under TCP's first retransmission (1 s), so
 /// captures never hold a retransmitted SYN.
 pub const PROBE_WAIT: Duration = Duration::from_millis(800);
-/// The longest a default wait is stretched to: still under the first retransmission.
+/// The longest the default wait of a probe expected to fail is stretched to: still under the
+/// first retransmission.
 const PROBE_WAIT_LIMIT: Duration = Duration::from_millis(950);
 /// A matrix probe's wait, as the conformance suite has always used.
 const MATRIX_WAIT: Duration = Duration::from_millis(500);
@@ -385,10 +386,12 @@ impl Runner {
     ) -> Result<String> {
         let wait =
             probe.timeout.as_deref().map(crate::cmd::probe::parse_duration).transpose().map_err(|e| anyhow!(e))?;
-        // Stretched under emulation (LAB_TIME_SCALE), but a default wait never reaches TCP's
-        // first retransmission, or captures there would hold SYNs that real hardware never sends.
+        // Stretched under emulation (LAB_TIME_SCALE). A probe expected to connect ends when it
+        // does and may take all of it; one expected to fail waits it out, and by default never
+        // reaches TCP's first retransmission, which real hardware would not have sent.
         let wait = match wait {
             Some(wait) => probe::scaled(wait),
+            None if probe.expect == Expected::Connected => probe::scaled(PROBE_WAIT),
             None => probe::scaled(PROBE_WAIT).min(PROBE_WAIT_LIMIT),
         };
         let watch = self.has_datapath();

@@ -273,7 +273,8 @@ pub struct Probe {
     #[serde(default)]
     pub close: bool,
     /// How long to wait for an answer (`800ms`, `2s`); default 800 ms, under TCP's first
-    /// retransmission, so a capture never holds a retransmitted SYN.
+    /// retransmission, so a capture never holds a retransmitted SYN. Stretched under emulation
+    /// (`LAB_TIME_SCALE`); the default wait of a probe expected to fail only up to 950 ms.
     #[serde(default)]
     pub timeout: Option<String>,
 }
