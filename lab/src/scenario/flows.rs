@@ -93,16 +93,11 @@ fn phase(flow: &Flow) -> u8 {
     }
 }
 
-/// ICMPv4's Redirect message type.
-const ICMP_REDIRECT: u32 = 5;
-
 /// A step's flows as golden JSON lines.
 pub fn normalise(flows: &[Flow]) -> String {
     let mut connections: Vec<(String, u32)> = Vec::new();
     let mut keyed: Vec<(usize, u8, usize, &Flow)> = Vec::new();
-    // ICMP redirects go out when the kernel's rate limit allows, as the captures say too.
-    let redirect = |flow: &&Flow| matches!(&flow.l4, Some(Layer4::Icmpv4(icmp)) if icmp.icmp_type == ICMP_REDIRECT);
-    for (order, flow) in flows.iter().filter(|f| !redirect(f)).enumerate() {
+    for (order, flow) in flows.iter().enumerate() {
         let key = client(flow);
         let connection = match connections.iter().position(|c| *c == key) {
             Some(at) => at,

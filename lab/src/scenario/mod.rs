@@ -399,9 +399,8 @@ impl Runner {
             let kept = self.kept.remove(name).with_context(|| format!("no connection `{name}` is open"))?;
             let (client_port, close) = (kept.port, probe.close);
             let window = seen.len();
-            let runtime = &self.runtime;
             let (outcome, stream) = probe::on_this_cpu(|| {
-                runtime.block_on(watch_drops(watch, tail, seen, 6, client_port, wait, async move {
+                self.runtime.block_on(watch_drops(watch, tail, seen, 6, client_port, wait, async move {
                     let mut stream = kept.stream;
                     // Should the exchange fail or be cut short, the connection ends with one RST,
                     // not a FIN behind unanswered data that the kernel would retransmit into later
